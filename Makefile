@@ -1,0 +1,37 @@
+# Every target sets up what it needs: a local virtualenv in .venv, refreshed when pyproject.toml
+# changes. Override the interpreter with `make PYTHON=python3.12 test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: demo test lint typecheck unit clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip >/dev/null
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+demo: $(STAMP)
+	@rm -rf .ckpt-demo
+	@echo "== attempt 1 (fails at step 3) =="
+	-@$(BIN)/python examples/quickstart.py --store .ckpt-demo --fail-at aggregate
+	@echo
+	@echo "== attempt 2 (same correlation id: resumes) =="
+	@$(BIN)/python examples/quickstart.py --store .ckpt-demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check ckpt_core integrations tests examples benchmarks
+	$(BIN)/ruff format --check ckpt_core integrations tests examples benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) .ckpt .ckpt-demo .pytest_cache .mypy_cache .ruff_cache

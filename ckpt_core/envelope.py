@@ -1,0 +1,195 @@
+"""The one record format every store holds.
+
+::
+
+    offset 0   magic      b"CKPT"
+           4   version    u8 (currently 1)
+           5   flags      u8 (bit 0: signed)
+           6   header_len u32 big-endian, at most 1 MiB
+          10   header     UTF-8 JSON: codec, schema, size, parts, hash, created_at, ids, meta
+               payload    ``size`` bytes (the codec's buffers, back to back)
+               trailer    sha256(payload) (32 bytes), then, if signed,
+                          HMAC-SHA256(key, prefix + header + sha256(payload)) (32 bytes)
+
+The digest sits in a trailer so a record is written in one pass: each payload slice is hashed while
+it is still in cache and then handed to the store, and large payloads are never joined into one
+``bytes``. A reader checks the total length, the digest and (when a signing key is configured) the
+signature before anything is decoded; any mismatch is :class:`CheckpointCorrupted`, never data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import CheckpointCorrupted
+from .serde.base import Buffer
+
+MAGIC = b"CKPT"
+VERSION = 1
+FLAG_SIGNED = 0x01
+_PREFIX = struct.Struct(">4sBBI")
+PREFIX_SIZE = _PREFIX.size
+MAX_HEADER = 1 << 20
+DIGEST_SIZE = 32
+HASH_NAME = "sha256"
+#: Payload slices are hashed and written this many bytes at a time.
+SLICE = 1 << 20
+
+
+def _as_bytes_view(buf: Buffer) -> memoryview:
+    view = buf if isinstance(buf, memoryview) else memoryview(buf)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+class Record:
+    """A record ready to be written: iterate it to get its bytes, in order, once per write.
+
+    ``size`` is the exact total length. Iterating hashes the payload slice by slice and yields the
+    trailer last, so a store can stream it (file writes, multipart uploads, Redis chunks) without
+    holding a second copy. After a complete iteration ``checksum`` is ``"sha256:<hex>"``.
+    """
+
+    __slots__ = ("_buffers", "_head", "_signing_key", "checksum", "header", "size")
+
+    def __init__(
+        self, header: dict[str, Any], buffers: Sequence[Buffer], signing_key: bytes | None
+    ) -> None:
+        views = [_as_bytes_view(b) for b in buffers]
+        header = dict(header)
+        header["size"] = sum(v.nbytes for v in views)
+        if len(views) != 1:
+            header["parts"] = [v.nbytes for v in views]
+        header["hash"] = HASH_NAME
+        header_bytes = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(header_bytes) > MAX_HEADER:
+            raise ValueError(f"record header is {len(header_bytes)} bytes, over {MAX_HEADER}")
+        flags = FLAG_SIGNED if signing_key else 0
+        self._head = _PREFIX.pack(MAGIC, VERSION, flags, len(header_bytes)) + header_bytes
+        self._buffers = views
+        self._signing_key = signing_key
+        self.header = header
+        trailer = DIGEST_SIZE * (2 if signing_key else 1)
+        self.size = len(self._head) + header["size"] + trailer
+        self.checksum: str | None = None
+
+    def __iter__(self) -> Iterator[Buffer]:
+        digest = hashlib.sha256()
+        yield self._head
+        for view in self._buffers:
+            for start in range(0, view.nbytes, SLICE):
+                piece = view[start : start + SLICE]
+                digest.update(piece)
+                yield piece
+        raw = digest.digest()
+        self.checksum = f"{HASH_NAME}:{raw.hex()}"
+        if self._signing_key:
+            yield raw + hmac.new(self._signing_key, self._head + raw, hashlib.sha256).digest()
+        else:
+            yield raw
+
+    def to_bytes(self) -> bytes:
+        """The whole record as one ``bytes`` (for small records and tests)."""
+        return b"".join(self)
+
+
+@dataclass(frozen=True)
+class OpenedRecord:
+    """A verified record: its header and its payload parts as views over the loaded bytes."""
+
+    header: dict[str, Any]
+    parts: list[memoryview]
+    checksum: str
+    signed: bool
+
+
+def _corrupt(key: str, why: str) -> CheckpointCorrupted:
+    return CheckpointCorrupted(
+        f"checkpoint {key} is corrupted: {why}. It was not loaded; delete it "
+        f"(ckpt rm) or let the step recompute by removing the record",
+        key=key,
+    )
+
+
+def parse_prefix(data: Buffer, key: str) -> tuple[int, int]:
+    """Check magic and version; return ``(flags, header_len)``."""
+    if len(data) < PREFIX_SIZE:
+        raise _corrupt(key, f"only {len(data)} bytes, shorter than the record prefix")
+    magic, version, flags, header_len = _PREFIX.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise _corrupt(key, f"bad magic {bytes(magic)!r}, not a ckpt record")
+    if version != VERSION:
+        raise _corrupt(
+            key, f"record format version {version}, this ckpt reads {VERSION}; upgrade ckpt"
+        )
+    if header_len > MAX_HEADER:
+        raise _corrupt(key, f"header length {header_len} exceeds {MAX_HEADER}")
+    return flags, header_len
+
+
+def _parse_header(raw: memoryview, key: str) -> dict[str, Any]:
+    try:
+        header = json.loads(bytes(raw))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _corrupt(key, f"unreadable header ({exc})") from None
+    if not isinstance(header, dict):
+        raise _corrupt(key, "header is not an object")
+    size, codec = header.get("size"), header.get("codec")
+    if type(size) is not int or size < 0 or not isinstance(codec, str):
+        raise _corrupt(key, "header lacks a valid size or codec")
+    parts = header.get("parts", [size])
+    if (
+        not isinstance(parts, list)
+        or not all(type(p) is int and p >= 0 for p in parts)
+        or sum(parts) != size
+    ):
+        raise _corrupt(key, "header part sizes do not add up")
+    return header
+
+
+def read_header(data: Buffer, key: str) -> dict[str, Any]:
+    """Parse the header from the first bytes of a record, without verifying the payload."""
+    _flags, header_len = parse_prefix(data, key)
+    if len(data) < PREFIX_SIZE + header_len:
+        raise _corrupt(key, "truncated inside the header")
+    return _parse_header(memoryview(data)[PREFIX_SIZE : PREFIX_SIZE + header_len], key)
+
+
+def open_record(data: Buffer, key: str, signing_key: bytes | None) -> OpenedRecord:
+    """Verify a whole record and split its payload; raise :class:`CheckpointCorrupted` otherwise.
+
+    Order: length and prefix, payload digest, signature (when a key is configured: unsigned records
+    are refused), then the header. Nothing is decoded before all of it passed.
+    """
+    view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
+    flags, header_len = parse_prefix(view, key)
+    signed = bool(flags & FLAG_SIGNED)
+    trailer = DIGEST_SIZE * (2 if signed else 1)
+    payload_start = PREFIX_SIZE + header_len
+    payload_end = len(view) - trailer
+    if payload_end < payload_start:
+        raise _corrupt(key, f"truncated: {len(view)} bytes cannot hold its header and trailer")
+    payload = view[payload_start:payload_end]
+    digest = hashlib.sha256(payload).digest()
+    if not hmac.compare_digest(digest, view[payload_end : payload_end + DIGEST_SIZE]):
+        raise _corrupt(key, "payload checksum mismatch (truncated or altered)")
+    if signing_key:
+        if not signed:
+            raise _corrupt(key, "record is not signed, but a signing key is configured")
+        expected = hmac.new(signing_key, view[:payload_start].tobytes() + digest, hashlib.sha256)
+        if not hmac.compare_digest(expected.digest(), view[payload_end + DIGEST_SIZE :]):
+            raise _corrupt(key, "signature mismatch (wrong signing key, or the record was altered)")
+    header = _parse_header(view[PREFIX_SIZE:payload_start], key)
+    if header["size"] != len(payload):
+        raise _corrupt(key, f"header says {header['size']} payload bytes, found {len(payload)}")
+    parts: list[memoryview] = []
+    offset = 0
+    for length in header.get("parts", [header["size"]]):
+        parts.append(payload[offset : offset + length])
+        offset += length
+    return OpenedRecord(header, parts, f"{HASH_NAME}:{digest.hex()}", signed)

@@ -1,0 +1,122 @@
+"""Turn arbitrary ids into store keys that cannot escape, collide or glob.
+
+A store key is ``/``-joined *components*. Every user-supplied string (namespace, run id,
+correlation id, node name) becomes exactly one component through :func:`encode_component`:
+
+- ``A-Z a-z 0-9 _ -`` and ``.`` (except a leading one) are kept, so keys stay readable;
+- every other character is percent-encoded from its UTF-8 bytes (``/`` → ``%2F``, ``*`` → ``%2A``,
+  ``:`` → ``%3A``, ``%`` → ``%25``), so no component is ``.``/``..``, none contains a separator or a
+  glob character (Redis ``SCAN``, fsspec ``glob``) and none starts with ``.`` (our temp files do);
+- the empty string is ``~`` and a component longer than :data:`MAX_COMPONENT` characters is
+  shortened to a readable prefix plus ``~`` plus a 256-bit digest of the full id. ``~`` never occurs
+  in a plain encoding, so shortened and plain components cannot collide.
+
+The plain encoding is reversible (:func:`decode_component`); a shortened one decodes to its prefix
+plus ``…`` and the real id is kept in the record header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from .errors import InvalidKey
+
+#: Longest encoded component; well under the 255-byte file-name limit of common filesystems
+#: (a temp-file suffix is added to it during writes).
+MAX_COMPONENT = 180
+_KEEP = re.compile(r"[A-Za-z0-9_.\-]")
+_HEX = "0123456789ABCDEF"
+SEP = "/"
+
+
+def encode_component(value: str) -> str:
+    """Encode one id as a single safe key component (see the module docstring)."""
+    if not isinstance(value, str):
+        raise InvalidKey(
+            f"ids must be str, got {type(value).__name__} {value!r}; convert it with str() first"
+        )
+    if "\x00" in value:
+        raise InvalidKey(f"ids may not contain NUL characters: {value!r}")
+    if value == "":
+        return "~"
+    out: list[str] = []
+    for i, ch in enumerate(value):
+        if _KEEP.match(ch) and not (ch == "." and i == 0):
+            out.append(ch)
+        else:
+            for byte in ch.encode("utf-8", "surrogatepass"):
+                out.append("%" + _HEX[byte >> 4] + _HEX[byte & 15])
+    encoded = "".join(out)
+    if len(encoded) <= MAX_COMPONENT:
+        return encoded
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    head = encoded[: MAX_COMPONENT - len(digest) - 1]
+    # Never cut an escape in half: drop a trailing partial "%X" / "%".
+    cut = head.rfind("%")
+    if cut != -1 and cut > len(head) - 3:
+        head = head[:cut]
+    return f"{head}~{digest}"
+
+
+def decode_component(component: str) -> str:
+    """Inverse of :func:`encode_component` for plain components; shortened ones end in ``…``."""
+    if component == "~":
+        return ""
+    shortened = "~" in component
+    if shortened:
+        component = component.split("~", 1)[0]
+    raw = bytearray()
+    i = 0
+    while i < len(component):
+        ch = component[i]
+        if ch == "%" and i + 2 < len(component):
+            raw += bytes([int(component[i + 1 : i + 3], 16)])
+            i += 3
+        else:
+            raw += ch.encode("ascii", "replace")
+            i += 1
+    text = raw.decode("utf-8", "replace")
+    return text + "…" if shortened else text
+
+
+def join(*components: str) -> str:
+    """Join already-encoded components into a key."""
+    return SEP.join(components)
+
+
+def escape_glob(pattern: str) -> str:
+    """Escape Redis/fsspec glob characters; encoded components never contain them, but keys
+    built by other code might, and a prefix must never match more than itself."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", pattern)
+
+
+# -- record layout ---------------------------------------------------------------------------
+#: Directory names of the two scopes under a namespace.
+SCOPE_DIRS = {"run": "run", "correlation": "corr"}
+_DIR_SCOPES = {v: k for k, v in SCOPE_DIRS.items()}
+
+
+def scope_prefix(namespace: str, scope: str, owner: str) -> str:
+    """``<ns>/run/<run_id>/`` or ``<ns>/corr/<correlation_id>/``, every id encoded."""
+    return join(encode_component(namespace), SCOPE_DIRS[scope], encode_component(owner)) + SEP
+
+
+def record_key(namespace: str, scope: str, owner: str, node: str) -> str:
+    """The store key of one checkpoint."""
+    return scope_prefix(namespace, scope, owner) + encode_component(node)
+
+
+def parse_record_key(key: str) -> tuple[str, str, str, str] | None:
+    """``(namespace, scope, owner, node)`` decoded from a record key, or ``None`` if the key is
+    not laid out by ckpt (shortened ids decode to their readable prefix plus ``…``)."""
+    parts = key.split(SEP)
+    if len(parts) != 4 or parts[1] not in _DIR_SCOPES:
+        return None
+    ns, scope_dir, owner, node = parts
+    return (
+        decode_component(ns),
+        _DIR_SCOPES[scope_dir],
+        decode_component(owner),
+        decode_component(node),
+    )

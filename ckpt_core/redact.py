@@ -1,0 +1,63 @@
+"""One place that removes credentials from URLs and option dicts.
+
+Everything that shows a store to a person (``repr``, log lines, error messages, the CLI) goes
+through :func:`redact_url` / :func:`redact_options`, so a secret cannot leak through one forgotten
+f-string.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+_SECRET_WORDS = re.compile(
+    r"(pass|secret|token|key|credential|auth|signature|session|private)", re.IGNORECASE
+)
+_MASK = "***"
+
+
+def is_secret_name(name: str) -> bool:
+    """True for option names that hold credentials (``password``, ``aws_secret_access_key``...)."""
+    return bool(_SECRET_WORDS.search(name))
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password and secret-looking query values masked.
+
+    ``redis://user:hunter2@host:6379/0`` becomes ``redis://user:***@host:6379/0``.
+    Plain paths are returned unchanged.
+    """
+    if "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, sep, _password = userinfo.partition(":")
+        netloc = f"{user}:{_MASK}@{hostport}" if sep else f"{_MASK}@{hostport}"
+    query = parts.query
+    if query:
+        pairs = [
+            (k, _MASK if is_secret_name(k) else v)
+            for k, v in parse_qsl(query, keep_blank_values=True)
+        ]
+        query = urlencode(pairs, safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Mask secret-looking values in (possibly nested) storage options."""
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        if isinstance(value, Mapping):
+            out[name] = redact_options(value)
+        elif is_secret_name(str(name)) and value is not None:
+            out[name] = _MASK
+        else:
+            out[name] = value
+    return out

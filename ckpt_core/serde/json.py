@@ -1,0 +1,122 @@
+"""``json``: JSON types, pydantic models and dataclasses, which come back as their own type.
+
+The schema reference records what to revive: ``json`` (plain data), ``pydantic:<module>:<qualname>``
+or ``dataclass:<module>:<qualname>``. Plain data is accepted only if it round-trips exactly
+(dicts with ``str`` keys, lists, str, int, float, bool, None): a tuple or a set would come back as a
+list, so ``auto`` sends those to another codec instead of silently changing them.
+
+On load, ``schema=`` validates and coerces the JSON directly
+(``TypeAdapter(schema).validate_json``), so a record can be read as a newer model version or
+as a plain ``dict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import SchemaMismatch, SerializationError
+from .base import Encoded, type_name
+
+_PLAIN = "json"
+_MAX_DEPTH = 200
+
+
+def _is_plain_json(value: Any, depth: int = 0) -> bool:
+    if depth > _MAX_DEPTH:
+        return False
+    t = type(value)
+    if t in (str, int, float, bool) or value is None:
+        return True
+    if t is list:
+        return all(_is_plain_json(v, depth + 1) for v in value)
+    if t is dict:
+        return all(type(k) is str and _is_plain_json(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _pydantic_base() -> Any:
+    module = sys.modules.get("pydantic")
+    return None if module is None else module.BaseModel
+
+
+def _is_model(value: Any) -> bool:
+    base = _pydantic_base()
+    return base is not None and isinstance(value, base)
+
+
+def _ref(kind: str, cls: type) -> str:
+    return f"{kind}:{cls.__module__}:{cls.__qualname__}"
+
+
+def _resolve(ref: str) -> type:
+    kind, module_name, qualname = ref.split(":", 2)
+    try:
+        module = sys.modules.get(module_name) or importlib.import_module(module_name)
+        obj: Any = module
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise SchemaMismatch(
+            f"the record holds a {qualname} from module {module_name!r}, which cannot be imported "
+            f"here ({exc}); pass schema=<the model class> (or schema=dict) to load it"
+        ) from None
+    base = _pydantic_base()
+    ok = (
+        kind == "pydantic" and isinstance(obj, type) and base is not None and issubclass(obj, base)
+    ) or (kind == "dataclass" and isinstance(obj, type) and dataclasses.is_dataclass(obj))
+    if not ok:
+        raise SchemaMismatch(
+            f"the record's schema {ref!r} does not name a {kind} class; pass schema= to load it"
+        )
+    return obj  # type: ignore[no-any-return]
+
+
+def _adapter(tp: Any) -> Any:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(tp)
+
+
+class JsonCodec:
+    name = "json"
+
+    def accepts(self, value: Any) -> bool:
+        if _is_model(value):
+            return True
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return True
+        return _is_plain_json(value)
+
+    def encode(self, value: Any) -> Encoded:
+        try:
+            if _is_model(value):
+                return Encoded(_ref("pydantic", type(value)), [value.model_dump_json().encode()])
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                data = _adapter(type(value)).dump_json(value)
+                return Encoded(_ref("dataclass", type(value)), [data])
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise SerializationError(f"cannot encode {type_name(value)} as JSON: {exc}") from None
+        except Exception as exc:  # pydantic's PydanticSerializationError and friends
+            raise SerializationError(f"cannot encode {type_name(value)} as JSON: {exc}") from None
+        return Encoded(_PLAIN, [text.encode("utf-8")])
+
+    def decode(self, parts: Sequence[memoryview], schema: str | None, want: Any = None) -> Any:
+        data = b"".join(parts) if len(parts) != 1 else parts[0]
+        if want is not None:
+            try:
+                return _adapter(want).validate_json(bytes(data))
+            except Exception as exc:
+                raise SchemaMismatch(
+                    f"the stored value does not validate as {getattr(want, '__name__', want)}: "
+                    f"{exc}"
+                ) from None
+        if schema in (None, _PLAIN):
+            return json.loads(bytes(data))
+        cls = _resolve(schema)
+        return _adapter(cls).validate_json(bytes(data))

@@ -1,0 +1,197 @@
+"""Crash-safe record files on a local filesystem (used by :class:`FsspecStore` for local paths).
+
+A write goes to ``.<name>.<random>.tmp`` in the record's own directory, is fsynced, renamed over the
+record with ``os.replace`` (atomic on POSIX), and the directory is fsynced so the rename survives a
+power cut. Readers open the record by name and therefore see the old file or the new one, never a
+half-written one. Names starting with ``.`` are never records (ids are encoded so that none starts
+with a dot), so a temp file left by a killed writer is ignored by ``get``/``list`` and removed by
+:meth:`LocalFiles.sweep_temp_files`.
+
+A prefix delete renames the directory to a hidden name first, so a concurrent ``list`` sees the
+whole correlation or none of it, then removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import time
+import uuid
+
+from ..serde.base import Buffer
+from .base import Data, ObjectInfo, iter_chunks, validate_key, validate_prefix
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+TEMP_SUFFIX = ".tmp"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, chunk: Buffer) -> None:
+    view = memoryview(chunk).cast("B")
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class LocalFiles:
+    """The local-filesystem primitives; errors are raw ``OSError`` (the store translates them)."""
+
+    def __init__(self, root: str, *, fsync: bool = True) -> None:
+        self.root = os.path.abspath(root)
+        self.fsync = fsync
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.root, *validate_key(key).split("/"))
+
+    def _makedirs(self, directory: str) -> None:
+        """Create ``directory`` and fsync each parent whose entries changed."""
+        missing: list[str] = []
+        probe = directory
+        while not os.path.isdir(probe):
+            missing.append(probe)
+            parent = os.path.dirname(probe)
+            if parent == probe:
+                break
+            probe = parent
+        for path in reversed(missing):
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                continue
+            if self.fsync:
+                _fsync_dir(os.path.dirname(path))
+
+    def put(self, key: str, data: Data) -> None:
+        path = self.path(key)
+        directory, name = os.path.split(path)
+        tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileNotFoundError:
+            self._makedirs(directory)
+            fd = os.open(tmp, flags, 0o666)
+        try:
+            try:
+                for chunk in iter_chunks(data):
+                    _write_all(fd, chunk)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        if self.fsync:
+            _fsync_dir(directory)
+
+    def get(self, key: str) -> Buffer | None:
+        try:
+            fd = os.open(self.path(key), os.O_RDONLY | _O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        with open(fd, "rb", buffering=0) as f:
+            size = os.fstat(fd).st_size
+            buf = bytearray(size)
+            view = memoryview(buf)
+            filled = 0
+            while filled < size:
+                n = f.readinto(view[filled:])
+                if not n:
+                    break
+                filled += n
+        # A file that shrank while we read it cannot be a record we wrote (we never write in
+        # place); returning the short buffer lets the envelope report it as truncated.
+        return buf if filled == size else buf[:filled]
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            st = os.stat(self.path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            os.unlink(self.path(key))
+
+    def _walk(self, directory: str, key_prefix: str) -> list[ObjectInfo]:
+        out: list[ObjectInfo] = []
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return out
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            key = key_prefix + entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    out.extend(self._walk(entry.path, key + "/"))
+                elif entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    out.append(ObjectInfo(key, st.st_size, st.st_mtime))
+            except FileNotFoundError:
+                continue  # deleted while we listed
+        return out
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        validate_prefix(prefix)
+        directory = os.path.join(self.root, *prefix.rstrip("/").split("/")) if prefix else self.root
+        return self._walk(directory, prefix)
+
+    def delete_prefix(self, prefix: str) -> int:
+        validate_prefix(prefix)
+        if not prefix:
+            doomed = self.list("")
+            for info in doomed:
+                self.delete(info.key)
+            return len(doomed)
+        directory = os.path.join(self.root, *prefix.rstrip("/").split("/"))
+        parent, name = os.path.split(directory)
+        trash = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.deleting")
+        try:
+            os.rename(directory, trash)
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+        count = sum(1 for _, _, files in os.walk(trash) for f in files if not f.startswith("."))
+        shutil.rmtree(trash, ignore_errors=True)
+        if self.fsync:
+            _fsync_dir(parent)
+        return count
+
+    def sweep_temp_files(self, older_than: float = 3600.0) -> int:
+        """Remove temp files and half-deleted directories left by killed processes."""
+        cutoff = time.time() - older_than
+        removed = 0
+        for directory, dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                    path = os.path.join(directory, name)
+                    try:
+                        if os.stat(path).st_mtime < cutoff:
+                            os.unlink(path)
+                            removed += 1
+                    except FileNotFoundError:
+                        pass
+            for name in list(dirs):
+                if name.startswith(".") and name.endswith(".deleting"):
+                    shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+                    dirs.remove(name)
+                    removed += 1
+        return removed
+
+
+def is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

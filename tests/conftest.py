@@ -1,0 +1,46 @@
+"""Shared fixtures. Real servers (Redis, SeaweedFS S3) live in :mod:`tests.servers`.
+
+``store`` is parametrised over every backend; each parameter yields a fresh, empty store and
+tears it down. In CI (``CI=true``) a backend whose server cannot be found or started fails the
+test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from ckpt_core import FsspecStore, MemoryStore, Store
+
+from .servers import *  # noqa: F403 - server fixtures (redis_url, s3_server, ...)
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+STORE_KINDS = ["memory", "local", "fsspec-memory", "s3", "redis"]
+
+
+def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: object) -> Store:
+    """A fresh, empty store of ``kind`` (server-backed kinds use the session's servers)."""
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "local":
+        return FsspecStore(str(tmp_path) + "/store")
+    if kind == "fsspec-memory":
+        return FsspecStore(f"memory://ckpt-test-{uuid.uuid4().hex}")
+    if kind == "s3":
+        return request.getfixturevalue("s3_store_factory")()  # type: ignore[no-any-return]
+    if kind == "redis":
+        return request.getfixturevalue("redis_store_factory")()  # type: ignore[no-any-return]
+    raise ValueError(kind)
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[Store]:
+    s = make_store(request.param, request, tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
