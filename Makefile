@@ -14,12 +14,11 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*; touch $@
 
 demo: $(STAMP)
-	@rm -rf .ckpt-demo
-	@echo "== attempt 1 (fails at step 3) =="
-	-@$(BIN)/python examples/quickstart.py --store .ckpt-demo --fail-at aggregate
+	@echo "== attempt 1: the pipeline crashes in step 3 (aggregate) =="
+	-@$(BIN)/python examples/quickstart.py --fresh --fail-at aggregate
 	@echo
-	@echo "== attempt 2 (same correlation id: resumes) =="
-	@$(BIN)/python examples/quickstart.py --store .ckpt-demo
+	@echo "== attempt 2: same correlation id, resumes from the checkpoints in ./.ckpt =="
+	@$(BIN)/python examples/quickstart.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check ckpt_core integrations tests examples benchmarks

@@ -66,6 +66,7 @@ _current: contextvars.ContextVar[ActiveRun | None] = contextvars.ContextVar(
     "ckpt_active_run", default=None
 )
 _implicit: ActiveRun | None = None
+_implicit_env: tuple[str, str, str] | None = None
 _implicit_lock = threading.Lock()
 
 
@@ -78,15 +79,17 @@ def current_run() -> ActiveRun | None:
     correlation = os.environ.get(ENV_CORRELATION)
     if not correlation:
         return None
-    global _implicit
+    global _implicit, _implicit_env
+    store = os.environ.get(ENV_STORE) or DEFAULT_STORE
+    namespace = os.environ.get(ENV_NAMESPACE) or "default"
+    env = (correlation, store, namespace)
     with _implicit_lock:
-        if _implicit is None or _implicit.ctx.correlation_id != correlation:
-            manager = CheckpointManager(
-                os.environ.get(ENV_STORE) or DEFAULT_STORE,
-                os.environ.get(ENV_NAMESPACE) or "default",
-            )
+        # Rebuilt when any of the three variables changes, not only the correlation: a run that
+        # kept writing to the old store after CKPT_STORE changed would be a silent surprise.
+        if _implicit is None or _implicit_env != env:
+            manager = CheckpointManager(store, namespace)
             ctx = RunContext(run_id=uuid.uuid4().hex, correlation_id=correlation)
-            _implicit = ActiveRun(manager, ctx)
+            _implicit, _implicit_env = ActiveRun(manager, ctx), env
         return _implicit
 
 
@@ -125,7 +128,8 @@ class Run:
             attempt=attempt,
             max_attempts=max_attempts,
         )
-        self._owns_manager = manager is None
+        # Close only what this run opened: a Store instance passed in belongs to the caller.
+        self._owns_store = manager is None and not isinstance(store, Store)
         if manager is None:
             manager = CheckpointManager(
                 store if store is not None else os.environ.get(ENV_STORE) or DEFAULT_STORE,
@@ -160,7 +164,7 @@ class Run:
                 raise
             log.warning("ckpt: could not finish run %s after a failure", self.run_id, exc_info=True)
         finally:
-            if self._owns_manager:
+            if self._owns_store:
                 self.manager.close()
 
     # async
@@ -181,7 +185,7 @@ class Run:
                 raise
             log.warning("ckpt: could not finish run %s after a failure", self.run_id, exc_info=True)
         finally:
-            if self._owns_manager:
+            if self._owns_store:
                 await self.manager.aclose()
 
 

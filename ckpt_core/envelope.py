@@ -8,13 +8,16 @@
            6   header_len u32 big-endian, at most 1 MiB
           10   header     UTF-8 JSON: codec, schema, size, parts, hash, created_at, ids, meta
                payload    ``size`` bytes (the codec's buffers, back to back)
-               trailer    sha256(payload) (32 bytes), then, if signed,
-                          HMAC-SHA256(key, prefix + header + sha256(payload)) (32 bytes)
+               trailer    digest = sha256(prefix + header + payload) (32 bytes), then, if signed,
+                          HMAC-SHA256(key, prefix + header + digest) (32 bytes)
 
-The digest sits in a trailer so a record is written in one pass: each payload slice is hashed while
-it is still in cache and then handed to the store, and large payloads are never joined into one
-``bytes``. A reader checks the total length, the digest and (when a signing key is configured) the
-signature before anything is decoded; any mismatch is :class:`CheckpointCorrupted`, never data.
+The digest covers the prefix and the header as well as the payload: the header says how to decode
+the payload (codec, numpy dtype and shape, part sizes), so a flipped bit there would otherwise turn
+into wrong data rather than an error. It sits in a trailer so a record is written in one pass: each
+payload slice is hashed while it is still in cache and then handed to the store, and large payloads
+are never joined into one ``bytes``. A reader checks the total length, the digest and (when a
+signing key is configured) the signature before anything is decoded; any mismatch is
+:class:`CheckpointCorrupted`, never data.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from .serde.base import Buffer
 MAGIC = b"CKPT"
 VERSION = 1
 FLAG_SIGNED = 0x01
+#: Flags this version understands; a record with any other bit set was written by a newer ckpt
+#: (e.g. encrypted) and must not be decoded as if it were plain.
+KNOWN_FLAGS = FLAG_SIGNED
 _PREFIX = struct.Struct(">4sBBI")
 PREFIX_SIZE = _PREFIX.size
 MAX_HEADER = 1 << 20
@@ -50,9 +56,10 @@ def _as_bytes_view(buf: Buffer) -> memoryview:
 class Record:
     """A record ready to be written: iterate it to get its bytes, in order, once per write.
 
-    ``size`` is the exact total length. Iterating hashes the payload slice by slice and yields the
-    trailer last, so a store can stream it (file writes, multipart uploads, Redis chunks) without
-    holding a second copy. After a complete iteration ``checksum`` is ``"sha256:<hex>"``.
+    ``size`` is the exact total length. Iterating hashes the head and then the payload slice by
+    slice and yields the trailer last, so a store can stream it (file writes, multipart uploads,
+    Redis chunks) without holding a second copy. After a complete iteration ``checksum`` is
+    ``"sha256:<hex>"`` of everything before the trailer.
     """
 
     __slots__ = ("_buffers", "_head", "_signing_key", "checksum", "header", "size")
@@ -66,7 +73,8 @@ class Record:
         if len(views) != 1:
             header["parts"] = [v.nbytes for v in views]
         header["hash"] = HASH_NAME
-        header_bytes = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        # ensure_ascii: ids may hold any str, lone surrogates included, and still encode.
+        header_bytes = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode()
         if len(header_bytes) > MAX_HEADER:
             raise ValueError(f"record header is {len(header_bytes)} bytes, over {MAX_HEADER}")
         flags = FLAG_SIGNED if signing_key else 0
@@ -79,7 +87,7 @@ class Record:
         self.checksum: str | None = None
 
     def __iter__(self) -> Iterator[Buffer]:
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(self._head)
         yield self._head
         for view in self._buffers:
             for start in range(0, view.nbytes, SLICE):
@@ -121,11 +129,16 @@ def parse_prefix(data: Buffer, key: str) -> tuple[int, int]:
     if len(data) < PREFIX_SIZE:
         raise _corrupt(key, f"only {len(data)} bytes, shorter than the record prefix")
     magic, version, flags, header_len = _PREFIX.unpack_from(data, 0)
+    magic = bytes(magic)
     if magic != MAGIC:
-        raise _corrupt(key, f"bad magic {bytes(magic)!r}, not a ckpt record")
+        raise _corrupt(key, f"bad magic {magic!r}, not a ckpt record")
     if version != VERSION:
         raise _corrupt(
             key, f"record format version {version}, this ckpt reads {VERSION}; upgrade ckpt"
+        )
+    if flags & ~KNOWN_FLAGS:
+        raise _corrupt(
+            key, f"unknown record flags 0x{flags:02x} (written by a newer ckpt?); upgrade ckpt"
         )
     if header_len > MAX_HEADER:
         raise _corrupt(key, f"header length {header_len} exceeds {MAX_HEADER}")
@@ -135,8 +148,10 @@ def parse_prefix(data: Buffer, key: str) -> tuple[int, int]:
 def _parse_header(raw: memoryview, key: str) -> dict[str, Any]:
     try:
         header = json.loads(bytes(raw))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _corrupt(key, f"unreadable header ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and int-digit limits;
+        # RecursionError a header of nested brackets.
+        raise _corrupt(key, f"unreadable header ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(header, dict):
         raise _corrupt(key, "header is not an object")
     size, codec = header.get("size"), header.get("codec")
@@ -163,8 +178,9 @@ def read_header(data: Buffer, key: str) -> dict[str, Any]:
 def open_record(data: Buffer, key: str, signing_key: bytes | None) -> OpenedRecord:
     """Verify a whole record and split its payload; raise :class:`CheckpointCorrupted` otherwise.
 
-    Order: length and prefix, payload digest, signature (when a key is configured: unsigned records
-    are refused), then the header. Nothing is decoded before all of it passed.
+    Order: length and prefix, digest of prefix + header + payload, signature (when a key is
+    configured: unsigned records are refused), then the header. Nothing is decoded before all of it
+    passed.
     """
     view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
     flags, header_len = parse_prefix(view, key)
@@ -175,9 +191,9 @@ def open_record(data: Buffer, key: str, signing_key: bytes | None) -> OpenedReco
     if payload_end < payload_start:
         raise _corrupt(key, f"truncated: {len(view)} bytes cannot hold its header and trailer")
     payload = view[payload_start:payload_end]
-    digest = hashlib.sha256(payload).digest()
+    digest = hashlib.sha256(view[:payload_end]).digest()
     if not hmac.compare_digest(digest, view[payload_end : payload_end + DIGEST_SIZE]):
-        raise _corrupt(key, "payload checksum mismatch (truncated or altered)")
+        raise _corrupt(key, "checksum mismatch (truncated or altered)")
     if signing_key:
         if not signed:
             raise _corrupt(key, "record is not signed, but a signing key is configured")

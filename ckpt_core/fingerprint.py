@@ -67,7 +67,8 @@ def _feed(h: Any, value: Any, depth: int = 0) -> None:
         digests = sorted(fingerprint_value(v) for v in value)
         _update(h, b"S", "".join(digests).encode())
     elif isinstance(value, Mapping):
-        items = sorted((fingerprint_value(k), v) for k, v in value.items())
+        # Sort on the key digest only: comparing values on a tie would raise for most types.
+        items = sorted(((fingerprint_value(k), v) for k, v in value.items()), key=lambda kv: kv[0])
         _update(h, b"d", str(len(items)).encode())
         for kdigest, v in items:
             _update(h, b"k", kdigest.encode())
@@ -104,9 +105,13 @@ def _feed_array_like(h: Any, value: Any, t: type) -> None:
 
         if isinstance(value, np.generic):
             value = np.asarray(value)
-        if not isinstance(value, np.ndarray) or value.dtype.hasobject:
+        # Exactly ndarray: a subclass (masked array, matrix) carries state its buffer does not.
+        if type(value) is not np.ndarray or value.dtype.hasobject:
             raise _Unsupported(value)
-        _update(h, b"A", f"{value.dtype.str}:{value.shape}".encode())
+        # descr, not dtype.str: a structured dtype's str is only its size ("|V8"), so arrays whose
+        # fields differ in name or type would otherwise hash alike.
+        dtype = repr(value.dtype.descr) if value.dtype.names else value.dtype.str
+        _update(h, b"A", f"{dtype}:{value.shape}".encode())
         h.update(np.ascontiguousarray(value).reshape(-1).view(np.uint8).data)
         return
     if lib == "pandas":
@@ -114,17 +119,30 @@ def _feed_array_like(h: Any, value: Any, t: type) -> None:
 
         if not isinstance(value, (pd.DataFrame, pd.Series)):
             raise _Unsupported(value)
-        frame = value.to_frame() if isinstance(value, pd.Series) else value
+        is_series = isinstance(value, pd.Series)
+        frame = value.to_frame() if is_series else value
         _update(
-            h, b"Z", repr((list(map(str, frame.columns)), list(map(str, frame.dtypes)))).encode()
+            h,
+            b"z" if is_series else b"Z",
+            repr((list(map(str, frame.columns)), list(map(str, frame.dtypes)))).encode(),
         )
-        hashed = pd.util.hash_pandas_object(frame, index=True).to_numpy()
+        try:
+            hashed = pd.util.hash_pandas_object(frame, index=True).to_numpy()
+        except Exception:  # unhashable cells (lists, dicts) in an object column
+            raise _Unsupported(value) from None
         h.update(memoryview(hashed).cast("B"))
+        # pandas hashes object cells by their str(), so 1 and "1" would collide: feed object
+        # columns (and an object index) value by value, with their types.
+        for i, dtype in enumerate(frame.dtypes):
+            if dtype.kind == "O":
+                _feed(h, frame.iloc[:, i].tolist())
+        if frame.index.dtype.kind == "O":
+            _feed(h, frame.index.tolist())
         return
     if lib == "polars":
-        value = value.to_arrow() if hasattr(value, "to_arrow") else None
-        if value is None:
+        if not hasattr(value, "to_arrow"):  # a LazyFrame: its content is not computed yet
             raise _Unsupported(value)
+        value = value.to_arrow()
     import pyarrow as pa
 
     if isinstance(value, pa.ChunkedArray | pa.Array):
@@ -133,6 +151,7 @@ def _feed_array_like(h: Any, value: Any, t: type) -> None:
         value = pa.Table.from_batches([value])
     if not isinstance(value, pa.Table):
         raise _Unsupported(value)
+    _update(h, b"R", _qualified(t))  # a polars frame and an equal pyarrow table are not one input
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, value.schema) as writer:
         writer.write_table(value)

@@ -27,6 +27,7 @@ from .errors import InvalidKey
 MAX_COMPONENT = 180
 _KEEP = re.compile(r"[A-Za-z0-9_.\-]")
 _HEX = "0123456789ABCDEF"
+_HEX_DIGITS = frozenset("0123456789ABCDEFabcdef")
 SEP = "/"
 
 
@@ -60,7 +61,12 @@ def encode_component(value: str) -> str:
 
 
 def decode_component(component: str) -> str:
-    """Inverse of :func:`encode_component` for plain components; shortened ones end in ``…``."""
+    """Inverse of :func:`encode_component` for plain components; shortened ones end in ``…``.
+
+    Never raises: a component not written by :func:`encode_component` (a foreign file in the
+    store, a malformed ``%`` escape) decodes to a readable approximation, since this is only used
+    to show keys to people, never to build them.
+    """
     if component == "~":
         return ""
     shortened = "~" in component
@@ -70,13 +76,18 @@ def decode_component(component: str) -> str:
     i = 0
     while i < len(component):
         ch = component[i]
-        if ch == "%" and i + 2 < len(component):
-            raw += bytes([int(component[i + 1 : i + 3], 16)])
+        escape = component[i + 1 : i + 3]
+        if ch == "%" and len(escape) == 2 and all(c in _HEX_DIGITS for c in escape):
+            raw.append(int(escape, 16))
             i += 3
         else:
-            raw += ch.encode("ascii", "replace")
+            raw += ch.encode("utf-8", "surrogatepass")
             i += 1
-    text = raw.decode("utf-8", "replace")
+    try:
+        # surrogatepass: encode_component wrote lone surrogates that way, so they round-trip.
+        text = raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", "replace")
     return text + "…" if shortened else text
 
 

@@ -3,7 +3,12 @@
 The schema reference records what to revive: ``json`` (plain data), ``pydantic:<module>:<qualname>``
 or ``dataclass:<module>:<qualname>``. Plain data is accepted only if it round-trips exactly
 (dicts with ``str`` keys, lists, str, int, float, bool, None): a tuple or a set would come back as a
-list, so ``auto`` sends those to another codec instead of silently changing them.
+list, so ``auto`` sends those to another codec instead of silently changing them. Models and
+dataclasses are held to the same rule: after encoding, the JSON is validated back and compared with
+the value, so a model whose JSON would load differently (a NaN field, a tuple in an ``Any`` field,
+a subclass instance in a field typed as its base, a private attribute) is refused and ``auto``
+falls through to pickle instead of saving a checkpoint that cannot load or loads wrong. This costs
+one parse per save of a model, which is small next to writing it.
 
 On load, ``schema=`` validates and coerces the JSON directly
 (``TypeAdapter(schema).validate_json``), so a record can be read as a newer model version or
@@ -82,6 +87,31 @@ def _adapter(tp: Any) -> Any:
     return TypeAdapter(tp)
 
 
+def _revive(cls: type, data: bytes) -> Any:
+    return _adapter(cls).validate_json(data)
+
+
+def _same(original: Any, revived: Any) -> bool:
+    """Whether a revived model/dataclass equals the original, field by field for dataclasses (so
+    ``eq=False`` dataclasses are compared by content, not identity)."""
+    try:
+        if dataclasses.is_dataclass(original) and not _is_model(original):
+            names = [f.name for f in dataclasses.fields(original)]
+            return type(revived) is type(original) and all(
+                bool(getattr(original, n) == getattr(revived, n)) for n in names
+            )
+        return bool(original == revived)
+    except Exception:  # an __eq__ that raises (numpy fields...) proves nothing
+        return False
+
+
+def _not_exact(value: Any) -> SerializationError:
+    return SerializationError(
+        f"{type_name(value)} does not round-trip through JSON exactly (a NaN, a tuple or set in "
+        "an untyped field, a subclass instance, a private attribute...); it needs pickle"
+    )
+
+
 class JsonCodec:
     name = "json"
 
@@ -95,16 +125,26 @@ class JsonCodec:
     def encode(self, value: Any) -> Encoded:
         try:
             if _is_model(value):
-                return Encoded(_ref("pydantic", type(value)), [value.model_dump_json().encode()])
+                data = value.model_dump_json().encode()
+                if not _same(value, _revive(type(value), data)):
+                    raise _not_exact(value)
+                return Encoded(_ref("pydantic", type(value)), [data])
             if dataclasses.is_dataclass(value) and not isinstance(value, type):
                 data = _adapter(type(value)).dump_json(value)
+                if not _same(value, _revive(type(value), data)):
+                    raise _not_exact(value)
                 return Encoded(_ref("dataclass", type(value)), [data])
-            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+            try:
+                raw = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate in a str: escape it as \udXXX
+                raw = json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode()
+        except SerializationError:
+            raise
         except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(f"cannot encode {type_name(value)} as JSON: {exc}") from None
         except Exception as exc:  # pydantic's PydanticSerializationError and friends
             raise SerializationError(f"cannot encode {type_name(value)} as JSON: {exc}") from None
-        return Encoded(_PLAIN, [text.encode("utf-8")])
+        return Encoded(_PLAIN, [raw])
 
     def decode(self, parts: Sequence[memoryview], schema: str | None, want: Any = None) -> Any:
         data = b"".join(parts) if len(parts) != 1 else parts[0]
@@ -118,5 +158,4 @@ class JsonCodec:
                 ) from None
         if schema in (None, _PLAIN):
             return json.loads(bytes(data))
-        cls = _resolve(schema)
-        return _adapter(cls).validate_json(bytes(data))
+        return _revive(_resolve(schema), bytes(data))

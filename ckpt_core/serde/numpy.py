@@ -1,8 +1,10 @@
 """``numpy``: plain (non-object) numpy arrays as their raw buffer, no pickle needed.
 
 The schema reference records dtype and shape (``numpy:{"descr": "<f8", "shape": [3, 4]}``); the
-payload is the C-contiguous data. Loading returns a writable array that views the loaded record,
-so a large array costs one copy in memory, not two.
+payload is the C-contiguous data. Loading returns a writable array that views the loaded record
+when the store returned writable memory (the local store does), so a large array costs one copy in
+memory, not two; over read-only memory (the memory store's shared ``bytes``) it is copied, so a
+loaded array is writable whatever the backend.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ class NumpyCodec:
     def encode(self, value: Any) -> Encoded:
         import numpy as np
 
-        array = np.ascontiguousarray(value)
+        # Not np.ascontiguousarray: it turns a 0-d array into shape (1,).
+        array = value if value.flags.c_contiguous else value.copy(order="C")
         descr = np.lib.format.dtype_to_descr(array.dtype)
-        schema = _PREFIX + json.dumps({"descr": descr, "shape": list(array.shape)})
+        schema = _PREFIX + json.dumps({"descr": descr, "shape": list(value.shape)})
         data = array.reshape(-1).view(np.uint8).data if array.size else memoryview(b"")
         return Encoded(schema, [data])
 
@@ -44,5 +47,9 @@ class NumpyCodec:
         )
         shape = tuple(spec["shape"])
         (part,) = parts
-        flat = np.frombuffer(part, dtype=dtype) if len(part) else np.empty(0, dtype=dtype)
+        if not len(part):
+            return np.empty(shape, dtype=dtype)
+        # Over read-only memory, copy the bytes (not ndarray.copy(), which skips the padding of
+        # aligned structured dtypes) so the array is writable and byte-exact.
+        flat = np.frombuffer(bytearray(part) if part.readonly else part, dtype=dtype)
         return flat.reshape(shape)

@@ -2,7 +2,9 @@
 
 Large buffers (numpy arrays, ``PickleBuffer`` objects) are written as separate parts of the record
 instead of being copied into the pickle stream, and on load they are handed back to ``pickle.loads``
-as views over the loaded record: no second copy either way.
+as views over the loaded record: no second copy either way. (Over read-only memory, such as the
+memory store's shared ``bytes``, out-of-band buffers are copied, so a revived numpy array is
+writable whatever the backend.)
 
 Loading a pickle runs code chosen by whoever wrote the record. The manager refuses pickle records
 unless ``allow_pickle=True``; ``pickle_modules=`` limits which top-level modules may be revived.
@@ -62,7 +64,8 @@ class PickleCodec:
         return Encoded(None, [main, *views])
 
     def decode(self, parts: Sequence[memoryview], schema: str | None, want: Any = None) -> Any:
-        main, buffers = parts[0], parts[1:]
+        main = parts[0]
+        buffers = [part if not part.readonly else bytearray(part) for part in parts[1:]]
         if self.allowed_modules is None:
             return pickle.loads(main, buffers=buffers)
         return _AllowlistUnpickler(io.BytesIO(main), self.allowed_modules, buffers).load()

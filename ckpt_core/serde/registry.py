@@ -92,6 +92,12 @@ class CodecSet:
             if codec == "pickle" and not self.allow_pickle:
                 raise SerializationError(self._pickle_refusal(value, node))
             chosen = self.get(codec)
+            if not chosen.accepts(value):
+                # e.g. codec="raw" for a str, or "json" for a tuple (it would come back a list).
+                raise SerializationError(
+                    f"node {node!r}: codec {codec!r} cannot store a {type_name(value)} exactly; "
+                    'use codec="auto" or another codec'
+                )
             try:
                 return chosen, chosen.encode(value)
             except SerializationError as exc:

@@ -94,9 +94,12 @@ def validate_prefix(prefix: str) -> str:
     """A prefix is ``""`` (everything) or a key-like path ending with ``/``."""
     if prefix == "":
         return prefix
-    if not prefix.endswith("/"):
+    if not isinstance(prefix, str) or not prefix.endswith("/"):
         raise InvalidKey(f"prefix {prefix!r} must end with '/' so it matches whole components")
-    validate_key(prefix[:-1])
+    try:
+        validate_key(prefix[:-1])
+    except InvalidKey as exc:
+        raise InvalidKey(f"prefix {prefix!r} is not a valid key prefix: {exc}") from None
     return prefix
 
 

@@ -1,24 +1,38 @@
-"""``FsspecStore``: local paths and any fsspec URL (``s3://``, ``gs://``, ``az://``, ``memory``...).
+"""``FsspecStore``: local paths and any fsspec URL (``s3://``, ``gs://``, ``az://``, ``memory://``...).
 
-Local paths get :class:`~ckpt_core.stores.local.LocalFiles` (temp file, fsync, rename, directory
-fsync). Other filesystems get one ``pipe_file`` PUT per record, or, above ``multipart_threshold``,
-a streamed upload that becomes visible only when it completes (S3 multipart); there is no
-read-modify-write anywhere. The fsspec filesystem is built once per store and reused.
+How a record is written depends on what the filesystem can promise:
+
+- Local paths get :class:`~ckpt_core.stores.local.LocalFiles` (temp file, fsync, rename, directory
+  fsync).
+- S3 (and S3-compatible servers, through s3fs) gets one ``PutObject`` per record, or above
+  ``multipart_threshold`` a multipart upload fed part by part from the record's buffers. S3 makes
+  an object visible only when ``PutObject`` or ``CompleteMultipartUpload`` succeeds; a failed
+  upload is aborted, so nothing partial is ever published. There is no read-modify-write anywhere.
+- Other object stores that publish on close (GCS through gcsfs, Azure through adlfs) stream large
+  records through the filesystem's own upload file; a failure discards it instead of closing it.
+- Every other filesystem (``memory://``, sftp, ...) gets one ``pipe_file`` per record.
+
+The fsspec filesystem is built once per store (and again in a forked child, since fsspec's async
+filesystems are not fork-safe). For ``s3://`` we default ``config_kwargs`` to a 3 s connect timeout
+and botocore's ``standard`` retry mode with 3 attempts, unless the user or the ``AWS_MAX_ATTEMPTS``
+/ ``AWS_RETRY_MODE`` environment chose otherwise: a server that is down fails within seconds.
 
 Backend exceptions are translated in exactly one place, :meth:`FsspecStore._errors`, into
 :class:`~ckpt_core.errors.StoreUnavailable` / :class:`~ckpt_core.errors.StoreConfigError`, with the
-URL redacted.
+URL redacted and every credential the store was given masked.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-from collections.abc import Iterator
+import os
+import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import CheckpointError, StoreConfigError, StoreUnavailable
-from ..redact import redact_url
+from ..redact import is_secret_name, redact_url
 from ..serde.base import Buffer
 from .base import (
     BlockingStore,
@@ -33,9 +47,25 @@ from .base import (
 from .local import LocalFiles, is_disk_full
 
 _LOCAL_PROTOCOLS = {"file", "local"}
+_S3_PROTOCOLS = {"s3", "s3a"}
+#: Object stores whose upload files publish the object only when closed (and can be discarded).
+_PUBLISH_ON_CLOSE = {"gs", "gcs", "az", "abfs", "abfss", "adl"}
+#: S3 refuses multipart parts under 5 MiB (except the last) and more than 10,000 parts.
+S3_MIN_PART = 5 << 20
+S3_MAX_PARTS = 10_000
+#: botocore exceptions that mean "wrong configuration", not "server unavailable".
+_CONFIG_ERRORS = {
+    "NoCredentialsError",
+    "PartialCredentialsError",
+    "ParamValidationError",
+    "NoRegionError",
+    "ProfileNotFound",
+    "InvalidS3AddressingStyleError",
+    "InvalidConfigError",
+}
 
 
-def _modified(info: dict[str, Any]) -> float | None:
+def _modified(info: Mapping[str, Any]) -> float | None:
     for name in ("mtime", "LastModified", "last_modified", "updated", "created"):
         value = info.get(name)
         if value is None:
@@ -49,14 +79,95 @@ def _modified(info: dict[str, Any]) -> float | None:
     return None
 
 
-class _RemoteFiles:
-    """Primitives over any fsspec filesystem (object stores, memory, ...)."""
+def _missing_bucket(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) says the bucket does not exist (``NoSuchBucket``)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        response = getattr(current, "response", None)
+        if isinstance(response, dict) and response.get("Error", {}).get("Code") == "NoSuchBucket":
+            return True
+        text = str(current)
+        if "NoSuchBucket" in text or "bucket does not exist" in text.lower():
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
-    def __init__(self, fs: Any, root: str, multipart_threshold: int, block_size: int) -> None:
-        self.fs = fs
-        self.root = root.rstrip("/")
+
+def _secrets(options: Mapping[str, Any]) -> list[str]:
+    """Every credential-looking string value in (nested) storage options."""
+    found: list[str] = []
+    for name, value in options.items():
+        if isinstance(value, Mapping):
+            found += _secrets(value)
+        elif is_secret_name(str(name)) and isinstance(value, str) and len(value) >= 3:
+            found.append(value)
+    return found
+
+
+def _parts(data: Data, size: int) -> Iterator[bytes | bytearray]:
+    """``data`` as consecutive parts of ``size`` bytes (the last may be shorter).
+
+    Full parts are the same reusable ``bytearray`` (botocore takes bytes-like bodies but not
+    memoryviews), so a multipart upload holds one part in memory, whatever the record's size.
+    """
+    buf = bytearray(size)
+    out = memoryview(buf)
+    filled = 0
+    for chunk in iter_chunks(data):
+        view = memoryview(chunk).cast("B")
+        while view.nbytes:
+            take = min(size - filled, view.nbytes)
+            out[filled : filled + take] = view[:take]
+            filled += take
+            view = view[take:]
+            if filled == size:
+                yield buf
+                filled = 0
+    if filled:
+        yield bytes(out[:filled])
+
+
+class _RemoteFiles:
+    """Primitives over any fsspec filesystem (object stores, memory, ...); raw fsspec errors."""
+
+    def __init__(
+        self,
+        url: str,
+        storage_options: dict[str, Any],
+        protocol: str,
+        multipart_threshold: int,
+        block_size: int,
+    ) -> None:
+        self._url = url
+        self._options = storage_options
+        self.protocol = protocol
         self.multipart_threshold = multipart_threshold
         self.block_size = block_size
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._fs: Any = None
+        self.root = ""
+        self.fs  # noqa: B018 - build now, so bad options fail at open time (no IO happens)
+
+    @property
+    def fs(self) -> Any:
+        """The filesystem, rebuilt after a fork (fsspec's async loop thread does not survive
+        one; Dagster and multiprocessing fork their workers)."""
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    import fsspec.core
+
+                    fs, root = fsspec.core.url_to_fs(self._url, **self._options)
+                    self._fs, self.root = fs, root.rstrip("/")
+                    self._pid = os.getpid()
+        return self._fs
+
+    @property
+    def is_s3(self) -> bool:
+        return self.protocol in _S3_PROTOCOLS and hasattr(self.fs, "call_s3")
 
     def path(self, key: str) -> str:
         return f"{self.root}/{validate_key(key)}" if self.root else validate_key(key)
@@ -65,57 +176,125 @@ class _RemoteFiles:
         path = self.fs._strip_protocol(path)
         return path[len(self.root) + 1 :] if self.root else path
 
+    def _not_found(self, exc: FileNotFoundError) -> None:
+        """A miss is ``None``; a missing bucket is a configuration error, not a miss."""
+        if _missing_bucket(exc):
+            raise exc
+
+    # -- writes ------------------------------------------------------------------------------
     def put(self, key: str, data: Data) -> None:
         path = self.path(key)
-        if data_size(data) <= self.multipart_threshold:
+        size = data_size(data)
+        if size <= self.multipart_threshold:
             self.fs.pipe_file(path, join_chunks(data))
-            return
+        elif self.is_s3:
+            self._put_s3_multipart(path, data, size)
+        elif self.protocol in _PUBLISH_ON_CLOSE:
+            self._put_streamed(path, data)
+        else:
+            self.fs.pipe_file(path, join_chunks(data))
+
+    def _put_s3_multipart(self, path: str, data: Data, size: int) -> None:
+        fs = self.fs
+        bucket, key, _version = fs.split_path(path)
+        part_size = max(self.block_size, -(-size // S3_MAX_PARTS))
+        upload = fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)
+        upload_id = upload["UploadId"]
+        try:
+            parts: list[dict[str, Any]] = []
+            for number, body in enumerate(_parts(data, part_size), start=1):
+                out = fs.call_s3(
+                    "upload_part",
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=body,
+                )
+                part = {"PartNumber": number, "ETag": out["ETag"]}
+                if "ChecksumSHA256" in out:
+                    part["ChecksumSHA256"] = out["ChecksumSHA256"]
+                parts.append(part)
+            fs.call_s3(
+                "complete_multipart_upload",
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            # Nothing was published; free the parts the server holds (best effort: a bucket
+            # lifecycle rule AbortIncompleteMultipartUpload catches what a crash leaves).
+            with contextlib.suppress(Exception):
+                fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
+        fs.invalidate_cache(path)
+
+    def _put_streamed(self, path: str, data: Data) -> None:
         f = self.fs.open(path, "wb", block_size=self.block_size)
         try:
             for chunk in iter_chunks(data):
                 f.write(chunk)
         except BaseException:
-            # Abort the upload: closing would publish a partial object.
+            # Never let close() (or __del__, which calls it) publish a partial object.
+            with contextlib.suppress(Exception):
+                f.closed = True
             discard = getattr(f, "discard", None)
             if discard is not None:
-                discard()
-            f.closed = True
+                with contextlib.suppress(Exception):
+                    discard()
             raise
         f.close()
 
+    # -- reads ---------------------------------------------------------------------------------
     def get(self, key: str) -> Buffer | None:
+        path = self.path(key)
         try:
-            data: bytes = self.fs.cat_file(self.path(key))
-        except FileNotFoundError:
+            if self.is_s3:
+                # One GET: s3fs would otherwise HEAD first to plan concurrent ranged reads.
+                data: bytes = self.fs.cat_file(path, max_concurrency=1)
+            else:
+                data = self.fs.cat_file(path)
+        except FileNotFoundError as exc:
+            self._not_found(exc)
+            return None
+        except IsADirectoryError:
             return None
         return data
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
             info = self.fs.info(self.path(key))
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            self._not_found(exc)
             return None
         if info.get("type") == "directory":
             return None
         return ObjectInfo(key, int(info.get("size") or 0), _modified(info))
 
     def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self.fs.rm_file(self.path(key))
+        except FileNotFoundError as exc:
+            self._not_found(exc)
+        except IsADirectoryError:
+            pass
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         validate_prefix(prefix)
         base = f"{self.root}/{prefix}".rstrip("/") if self.root else prefix.rstrip("/")
         try:
             found = self.fs.find(base, detail=True)
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            self._not_found(exc)
             return []
         out = []
         for path, info in found.items():
             if info.get("type") == "directory":
                 continue
             key = self._key(path)
-            if any(part.startswith(".") for part in key.split("/")):
+            # find() of a prefix that names a record returns the record itself: not below it.
+            if not key.startswith(prefix) or any(p.startswith(".") for p in key.split("/")):
                 continue
             out.append(ObjectInfo(key, int(info.get("size") or 0), _modified(info)))
         return out
@@ -134,11 +313,12 @@ class FsspecStore(BlockingStore):
         url: ``"./dir"``, ``"file:///abs/dir"``, ``"s3://bucket/prefix"``, ``"gs://..."``...
         fsync: local only; fsync files and directories (default ``True``; ``False`` trades
             durability across power loss for speed, atomicity is kept).
-        multipart_threshold: records above this size are streamed (multipart upload) instead of
-            one PUT.
-        block_size: part size of streamed uploads.
+        multipart_threshold: records above this size are streamed (S3 multipart upload, GCS
+            resumable upload) instead of sent in one request.
+        block_size: part size of streamed uploads (at least 5 MiB on S3).
         **storage_options: passed to the fsspec filesystem, exactly as pandas/s3fs take them
-            (``endpoint_url``, ``key``, ``secret``, ``client_kwargs``, ``anon``...).
+            (``endpoint_url``, ``key``, ``secret``, ``client_kwargs``, ``config_kwargs``,
+            ``anon``, ``profile``...). Without credentials s3fs uses the standard AWS chain.
     """
 
     capabilities = frozenset({"atomic", "multiprocess", "streaming"})
@@ -148,12 +328,12 @@ class FsspecStore(BlockingStore):
         url: str,
         *,
         fsync: bool = True,
-        multipart_threshold: int = 32 << 20,
-        block_size: int = 16 << 20,
+        multipart_threshold: int = 8 << 20,
+        block_size: int = 8 << 20,
         **storage_options: Any,
     ) -> None:
         self.url = redact_url(url)
-        self._raw_url = url
+        self._secrets = _secrets(storage_options)
         import fsspec.core
 
         protocol, _ = fsspec.core.split_protocol(url)
@@ -163,24 +343,40 @@ class FsspecStore(BlockingStore):
             impl = LocalFiles(root, fsync=fsync)
             self.local = True
         else:
+            if protocol in _S3_PROTOCOLS:
+                if block_size < S3_MIN_PART:
+                    raise StoreConfigError(
+                        f"block_size={block_size} for {self.url} is below S3's minimum part "
+                        f"size of {S3_MIN_PART} bytes (5 MiB)"
+                    )
+                storage_options = _s3_defaults(storage_options)
             storage_options.setdefault("use_listings_cache", False)
             try:
-                fs, root = fsspec.core.url_to_fs(url, **storage_options)
+                impl = _RemoteFiles(url, storage_options, protocol, multipart_threshold, block_size)
             except ImportError as exc:
                 raise StoreConfigError(
                     f"cannot open {self.url}: {exc}. Install the filesystem package "
-                    f"(for s3:// that is pip install 'ckpt[s3]')"
+                    "(for s3:// that is pip install 'ckpt[s3]', for gs:// 'ckpt[gcs]')"
                 ) from None
             except (TypeError, ValueError) as exc:
-                raise StoreConfigError(f"cannot open {self.url}: {exc}") from None
-            impl = _RemoteFiles(fs, root, multipart_threshold, block_size)
+                raise StoreConfigError(f"cannot open {self.url}: {self._scrub(str(exc))}") from None
             self.local = False
+            if protocol not in _S3_PROTOCOLS and protocol not in _PUBLISH_ON_CLOSE:
+                # One pipe_file per record: atomic where the filesystem makes it so, but the
+                # record is joined in memory, and an in-process filesystem is one process.
+                self.capabilities = frozenset({"atomic"})
         self._files = impl
 
     @property
     def fs(self) -> Any:
         """The underlying fsspec filesystem (``None`` for the local fast path)."""
-        return getattr(self._files, "fs", None)
+        return self._files.fs if isinstance(self._files, _RemoteFiles) else None
+
+    def _scrub(self, text: str) -> str:
+        text = redact_url(text)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     @contextlib.contextmanager
     def _errors(self, action: str, key: str) -> Iterator[None]:
@@ -190,10 +386,16 @@ class FsspecStore(BlockingStore):
             raise
         except PermissionError as exc:
             raise StoreConfigError(
-                f"{action} {key!r} on {self.url} was refused ({exc.strerror or exc}); check the "
-                "credentials and permissions"
+                f"{action} {key!r} on {self.url} was refused "
+                f"({self._scrub(str(exc.strerror or exc))}); check the credentials "
+                "(key/secret, profile or environment) and the bucket's permissions"
             ) from None
         except OSError as exc:
+            if not self.local and _missing_bucket(exc):
+                raise StoreConfigError(
+                    f"{action} {key!r} on {self.url} failed: the bucket does not exist. "
+                    "Create it, or fix the bucket name in the URL"
+                ) from None
             if is_disk_full(exc):
                 raise StoreUnavailable(
                     f"{action} {key!r} on {self.url} failed: {exc.strerror or exc}. Free space "
@@ -201,15 +403,24 @@ class FsspecStore(BlockingStore):
                 ) from None
             if exc.errno in (errno.ENOENT, errno.ENOTDIR) and not self.local:
                 raise StoreConfigError(
-                    f"{action} {key!r} on {self.url} failed: {exc}. Does the bucket exist?"
+                    f"{action} {key!r} on {self.url} failed: {self._scrub(str(exc))}. Does the "
+                    "bucket exist?"
                 ) from None
             raise StoreUnavailable(
-                f"{action} {key!r} on {self.url} failed: {type(exc).__name__}: {exc}"
+                f"{action} {key!r} on {self.url} failed: {type(exc).__name__}: "
+                f"{self._scrub(str(exc))}"
             ) from None
         except Exception as exc:
-            text = redact_url(str(exc))
+            name = type(exc).__name__
+            text = self._scrub(str(exc))
+            if name in _CONFIG_ERRORS:
+                raise StoreConfigError(
+                    f"{action} {key!r} on {self.url} failed: {name}: {text}. Check the "
+                    "storage options (credentials, region, endpoint_url)"
+                ) from None
             raise StoreUnavailable(
-                f"{action} {key!r} on {self.url} failed: {type(exc).__name__}: {text}"
+                f"{action} {key!r} on {self.url} failed after retries: {name}: {text}. Check "
+                "that the endpoint is reachable; checkpoints already written are not affected"
             ) from None
 
     def put(self, key: str, data: Data) -> None:
@@ -241,3 +452,15 @@ class FsspecStore(BlockingStore):
         if isinstance(self._files, LocalFiles):
             return self._files.sweep_temp_files(older_than)
         return 0
+
+
+def _s3_defaults(options: dict[str, Any]) -> dict[str, Any]:
+    """Bounded timeouts and retries for s3fs unless the user chose their own."""
+    options = dict(options)
+    config = dict(options.get("config_kwargs") or {})
+    config.setdefault("connect_timeout", 3)
+    env_chose = os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE")
+    if "retries" not in config and not env_chose:
+        config["retries"] = {"total_max_attempts": 3, "mode": "standard"}
+    options["config_kwargs"] = config
+    return options

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import time
 import uuid
 
@@ -99,10 +100,14 @@ class LocalFiles:
     def get(self, key: str) -> Buffer | None:
         try:
             fd = os.open(self.path(key), os.O_RDONLY | _O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)  # a directory holding records (POSIX opens it read-only) is no record
             return None
         with open(fd, "rb", buffering=0) as f:
-            size = os.fstat(fd).st_size
+            size = st.st_size
             buf = bytearray(size)
             view = memoryview(buf)
             filled = 0
@@ -120,10 +125,13 @@ class LocalFiles:
             st = os.stat(self.path(key))
         except (FileNotFoundError, NotADirectoryError):
             return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
         return ObjectInfo(key, st.st_size, st.st_mtime)
 
     def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        # IsADirectoryError: the key names a directory of records, not a record; nothing to do.
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
             os.unlink(self.path(key))
 
     def _walk(self, directory: str, key_prefix: str) -> list[ObjectInfo]:

@@ -32,11 +32,14 @@ class MemoryStore(Store):
             self._records[key] = (blob, time.time())
 
     def get(self, key: str) -> Buffer | None:
+        validate_key(key)
         with self._lock:
             entry = self._records.get(key)
         return None if entry is None else entry[0]
 
     def get_first(self, keys: Sequence[str]) -> tuple[str, Buffer] | None:
+        for key in keys:
+            validate_key(key)
         with self._lock:
             for key in keys:
                 entry = self._records.get(key)
@@ -45,11 +48,13 @@ class MemoryStore(Store):
         return None
 
     def head(self, key: str) -> ObjectInfo | None:
+        validate_key(key)
         with self._lock:
             entry = self._records.get(key)
         return None if entry is None else ObjectInfo(key, len(entry[0]), entry[1])
 
     def delete(self, key: str) -> None:
+        validate_key(key)
         with self._lock:
             self._records.pop(key, None)
 

@@ -1,0 +1,733 @@
+"""``RedisStore``: records in Redis, with TTL, chunked large values and escaped ``SCAN`` patterns.
+
+URLs are redis-py's, plus three ckpt options in the query string::
+
+    redis://[[username]:password@]host[:port][/db][?prefix=ckpt&ttl=86400&chunk_size=4194304]
+    rediss://...                        TLS (ssl_cert_reqs=, ssl_ca_certs= ... as in redis-py)
+    unix:///run/redis.sock?db=0&password=...
+
+Layout. Each record lives at ``<prefix>:<key>`` (``prefix`` defaults to ``ckpt``):
+
+- A record of at most ``chunk_size`` bytes is a plain string written by *one* command,
+  ``SET key value [PX ttl] GET``, and read by one ``GET``: a small save or load is one round trip,
+  and the TTL is part of the write itself.
+- A larger record is written as chunks ``<prefix>:<key>\\0<gen>\\0<i>`` under a fresh generation
+  id, each staged with a short safety TTL, and then published by one ``MULTI``/``EXEC`` that
+  replaces the record key with a small hash manifest ``{gen, n, size}`` and gives every chunk the
+  record's final TTL (or none). Readers read the manifest, then the chunks; chunks are never
+  rewritten in place, so a reader sees one generation or another, never a mix. When an overwrite
+  deletes the chunks a reader is in the middle of, the reader starts again from the manifest.
+  Store keys never contain NUL (:func:`~ckpt_core.stores.base.validate_key`), so chunk keys cannot
+  collide with any record key.
+
+A writer killed before publishing leaves only staged chunks, which expire on their own; nothing is
+visible. ``delete_prefix`` and ``list`` use ``SCAN MATCH`` with the store prefix and the key prefix
+glob-escaped, so deleting run ``a`` never matches run ``a*`` or ``a:b``.
+
+Sync and async share one copy of the logic: each operation is a generator *plan* that yields
+batches of redis-py commands and receives their results; :meth:`RedisStore._run` drives it with a
+``redis.Redis`` client and :meth:`RedisStore._arun` with a ``redis.asyncio.Redis`` one. Each store
+holds one connection pool per flavour (the async one per event loop), never a client per call.
+Connection errors are retried by redis-py with a short exponential backoff, then reported as
+:class:`~ckpt_core.errors.StoreUnavailable`; refused authentication and bad databases are
+:class:`~ckpt_core.errors.StoreConfigError`. Messages name the URL with the password masked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import uuid
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import redis
+import redis.backoff
+import redis.retry
+
+from ..errors import CheckpointCorrupted, CheckpointError, StoreConfigError, StoreUnavailable
+from ..keys import escape_glob
+from ..redact import is_secret_name, redact_url
+from ..serde.base import Buffer
+from .base import (
+    Data,
+    ObjectInfo,
+    Store,
+    data_size,
+    iter_chunks,
+    join_chunks,
+    validate_key,
+    validate_prefix,
+)
+
+T = TypeVar("T")
+
+DEFAULT_PREFIX = "ckpt"
+#: Records above this many bytes are chunked; also the size of each chunk.
+DEFAULT_CHUNK_SIZE = 4 << 20
+#: Staged chunks expire after this long unless a manifest publishes them first, so a writer
+#: killed mid-upload leaks nothing for long.
+STAGING_TTL_MS = 15 * 60 * 1000
+#: Chunk bytes sent or received per round trip (bounds the memory of a chunked put/get).
+PIPELINE_BYTES = 4 << 20
+#: How often a reader restarts from the manifest when overwrites keep replacing the chunks.
+MAX_READ_ATTEMPTS = 20
+#: redis-py retries connection errors this many times, with exponential backoff and jitter.
+RETRIES = 3
+_SCAN_COUNT = 1000
+_SEP = b"\x00"
+#: Defaults for the connection pool; the URL's query string and explicit options override them.
+_POOL_DEFAULTS: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 10.0}
+_OWN_QUERY_OPTIONS = ("prefix", "ttl", "chunk_size")
+
+
+# -- commands and plans (pure: no IO) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Cmd:
+    """One redis-py client method call: ``getattr(client, name)(*args, **kwargs)``."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Commands sent in one round trip; ``transaction`` wraps them in ``MULTI``/``EXEC``.
+
+    The results come back as a list, one per command, with Redis error replies (``WRONGTYPE``...)
+    as exception instances rather than raised, so a plan can look at them.
+    """
+
+    commands: tuple[_Cmd, ...]
+    transaction: bool = False
+
+
+_Plan = Generator[_Batch, list[Any], T]
+
+
+def _is_wrongtype(result: Any) -> bool:
+    return isinstance(result, redis.ResponseError) and str(result).startswith("WRONGTYPE")
+
+
+def _ok(result: Any) -> Any:
+    """A command's result, raising it if it is an error reply."""
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+@dataclass(frozen=True)
+class _Manifest:
+    gen: bytes
+    n: int
+    size: int
+
+
+_RETRY = object()
+
+
+def _fixed_chunks(data: Data, size: int) -> Iterator[Buffer]:
+    """``data`` cut into pieces of exactly ``size`` bytes (the last may be shorter).
+
+    A piece that lies inside one input buffer is a zero-copy view; only pieces that straddle
+    buffers are copied, so memory stays within one chunk.
+    """
+    pending = bytearray()
+    for buf in iter_chunks(data):
+        view = memoryview(buf).cast("B")
+        if pending:
+            take = min(size - len(pending), view.nbytes)
+            pending += view[:take]
+            view = view[take:]
+            if len(pending) < size:
+                continue
+            yield bytes(pending)
+            pending = bytearray()
+        while view.nbytes >= size:
+            yield view[:size]
+            view = view[size:]
+        if view.nbytes:
+            pending += view
+    if pending:
+        yield bytes(pending)
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+
+class RedisStore(Store):
+    """A store on one Redis database.
+
+    Args:
+        url: ``redis://``, ``rediss://`` or ``unix://`` URL; the db number, username and password
+            come from it, as in redis-py. The query may also set ``prefix``, ``ttl`` and
+            ``chunk_size`` (explicit arguments win).
+        ttl: seconds every record lives (``None``: forever). Set in the same command as the
+            write, so a record is never visible without its expiry.
+        prefix: namespace of every Redis key this store touches (default ``"ckpt"``), so several
+            applications or test runs can share one database.
+        chunk_size: records larger than this are written as chunks of this size (default 4 MiB).
+        **redis_options: passed to ``redis.ConnectionPool.from_url`` (``socket_timeout``,
+            ``ssl_ca_certs``, ``max_connections``, ``password``...).
+    """
+
+    capabilities = frozenset({"atomic", "multiprocess", "streaming", "ttl"})
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        ttl: float | None = None,
+        prefix: str | None = None,
+        chunk_size: int | None = None,
+        **redis_options: Any,
+    ) -> None:
+        self.url = redact_url(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:
+            raise StoreConfigError(f"cannot parse the Redis URL {self.url}: {exc}") from None
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise StoreConfigError(
+                f"{self.url} is not a Redis URL: use redis://host:6379/0, rediss://... or "
+                "unix:///path/to/redis.sock"
+            )
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        own = {k: v for k, v in query if k in _OWN_QUERY_OPTIONS}
+        rest = [(k, v) for k, v in query if k not in _OWN_QUERY_OPTIONS]
+        self._client_url = urlunsplit(parts._replace(query=urlencode(rest)))
+
+        self.prefix = own.get("prefix", DEFAULT_PREFIX) if prefix is None else prefix
+        if not isinstance(self.prefix, str) or "\x00" in self.prefix:
+            raise StoreConfigError(f"prefix must be a str without NUL, got {self.prefix!r}")
+        self._ns = (self.prefix + ":").encode() if self.prefix else b""
+        self.ttl = self._check_ttl(own.get("ttl") if ttl is None else ttl)
+        self._ttl_ms = None if self.ttl is None else max(1, round(self.ttl * 1000))
+        self.chunk_size = self._check_chunk_size(
+            own.get("chunk_size") if chunk_size is None else chunk_size
+        )
+
+        self._secrets = self._collect_secrets(parts.password, redis_options)
+        self._options = {**_POOL_DEFAULTS, **redis_options}
+        try:
+            self._pool: Any = redis.ConnectionPool.from_url(
+                self._client_url, retry=self._sync_retry(), **self._options
+            )
+        except (TypeError, ValueError) as exc:
+            raise StoreConfigError(f"bad Redis URL or options for {self.url}: {exc}") from None
+        self._client: Any = redis.Redis(connection_pool=self._pool)
+        self._aclients: dict[asyncio.AbstractEventLoop, Any] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisStore:
+        """What :func:`~ckpt_core.open_store` calls for ``redis://``, ``rediss://``, ``unix://``."""
+        return cls(url, **options)
+
+    # -- configuration helpers ---------------------------------------------------------------
+    def _check_ttl(self, value: Any) -> float | None:
+        if value is None or value == "":
+            return None
+        try:
+            ttl = float(value)
+        except (TypeError, ValueError):
+            ttl = -1.0
+        if not ttl > 0 or ttl == float("inf"):
+            raise StoreConfigError(
+                f"ttl for {self.url} must be a positive number of seconds (or None for no "
+                f"expiry), got {value!r}"
+            )
+        return ttl
+
+    def _check_chunk_size(self, value: Any) -> int:
+        if value is None or value == "":
+            return DEFAULT_CHUNK_SIZE
+        try:
+            size = int(value)
+        except (TypeError, ValueError):
+            size = 0
+        if size < 1:
+            raise StoreConfigError(
+                f"chunk_size for {self.url} must be a positive number of bytes, got {value!r}"
+            )
+        return size
+
+    @staticmethod
+    def _collect_secrets(url_password: str | None, options: dict[str, Any]) -> list[str]:
+        found = [unquote(url_password)] if url_password else []
+        for name, value in options.items():
+            if is_secret_name(name) and isinstance(value, str) and value:
+                found.append(value)
+        return [s for s in found if len(s) >= 3]
+
+    @staticmethod
+    def _backoff() -> Any:
+        return redis.backoff.ExponentialWithJitterBackoff(cap=1.0, base=0.05)
+
+    def _sync_retry(self) -> Any:
+        return redis.retry.Retry(self._backoff(), RETRIES)
+
+    def _async_client(self) -> Any:
+        import redis.asyncio
+        import redis.asyncio.retry
+
+        loop = asyncio.get_running_loop()
+        client = self._aclients.get(loop)
+        if client is None:
+            # Pools of loops that have ended cannot be used (or awaited) any more: drop them.
+            for old in [old for old in self._aclients if old.is_closed()]:
+                del self._aclients[old]
+            # A pool is bound to the loop that created it; never reuse one across loops.
+            pool = redis.asyncio.ConnectionPool.from_url(
+                self._client_url,
+                retry=redis.asyncio.retry.Retry(self._backoff(), RETRIES),
+                **self._options,
+            )
+            client = self._aclients[loop] = redis.asyncio.Redis(connection_pool=pool)
+        return client
+
+    # -- keys ----------------------------------------------------------------------------------
+    def _rkey(self, key: str) -> bytes:
+        return self._ns + validate_key(key).encode("utf-8", "surrogatepass")
+
+    def _key(self, rkey: bytes) -> str:
+        return rkey[len(self._ns) :].decode("utf-8", "surrogatepass")
+
+    def _pattern(self, prefix: str) -> bytes:
+        validate_prefix(prefix)
+        ns = escape_glob(self.prefix + ":") if self.prefix else ""
+        return (ns + escape_glob(prefix)).encode("utf-8", "surrogatepass") + b"*"
+
+    @staticmethod
+    def _chunk_key(rkey: bytes, gen: bytes, index: int) -> bytes:
+        return rkey + _SEP + gen + _SEP + str(index).encode()
+
+    def _chunk_keys(self, rkey: bytes, manifest: _Manifest) -> list[bytes]:
+        return [self._chunk_key(rkey, manifest.gen, i) for i in range(manifest.n)]
+
+    def _manifest(self, raw: Any, rkey: bytes) -> _Manifest | None:
+        """Parse an ``HGETALL`` reply: ``None`` for no hash, the manifest, or corrupted."""
+        if not raw or isinstance(raw, BaseException):
+            return None
+        try:
+            gen = raw[b"gen"]
+            n, size = int(raw[b"n"]), int(raw[b"size"])
+            if not gen or not gen.isalnum() or n < 0 or size < 0:
+                raise ValueError(raw)
+        except (KeyError, ValueError, TypeError):
+            key = self._key(rkey)
+            raise CheckpointCorrupted(
+                f"Redis key {rkey!r} on {self.url} holds a hash that is not a ckpt manifest; "
+                "delete it (ckpt rm) and let the step recompute",
+                key=key,
+            ) from None
+        return _Manifest(bytes(gen), n, size)
+
+    # -- plans ---------------------------------------------------------------------------------
+    def _put_plan(self, key: str, data: Data) -> _Plan[None]:
+        rkey = self._rkey(key)
+        ttl = {"px": self._ttl_ms} if self._ttl_ms else {}
+        if data_size(data) <= self.chunk_size:
+            value = join_chunks(data)
+            # One command: the write, its TTL, and the old value so a replaced chunked record's
+            # chunks can be dropped. SET ... GET refuses to replace a hash (WRONGTYPE).
+            (old,) = yield _Batch((_Cmd("set", (rkey, value), {**ttl, "get": True}),))
+            if not _is_wrongtype(old):
+                _ok(old)
+                return
+            replaced = yield _Batch(
+                (
+                    _Cmd("hgetall", (rkey,)),
+                    _Cmd("delete", (rkey,)),
+                    _Cmd("set", (rkey, value), ttl),
+                ),
+                transaction=True,
+            )
+            for result in replaced[1:]:
+                _ok(result)
+            yield from self._drop_chunks(rkey, self._manifest(replaced[0], rkey), None)
+            return
+        yield from self._put_chunked_plan(key, rkey, data)
+
+    def _put_chunked_plan(self, key: str, rkey: bytes, data: Data) -> _Plan[None]:
+        gen = uuid.uuid4().hex[:16].encode()
+        per_batch = max(1, PIPELINE_BYTES // self.chunk_size)
+        staged: list[_Cmd] = []
+        count = written = 0
+        for piece in _fixed_chunks(data, self.chunk_size):
+            staged.append(
+                _Cmd("set", (self._chunk_key(rkey, gen, count), piece), {"px": STAGING_TTL_MS})
+            )
+            count += 1
+            written += memoryview(piece).nbytes
+            if len(staged) >= per_batch:
+                for result in (yield _Batch(tuple(staged))):
+                    _ok(result)
+                staged = []
+        if staged:
+            for result in (yield _Batch(tuple(staged))):
+                _ok(result)
+        manifest = {b"gen": gen, b"n": count, b"size": written}
+        commit = [
+            _Cmd("hgetall", (rkey,)),
+            _Cmd("delete", (rkey,)),
+            _Cmd("hset", (rkey,), {"mapping": manifest}),
+        ]
+        if self._ttl_ms:
+            commit.append(_Cmd("pexpire", (rkey, self._ttl_ms)))
+        for i in range(count):
+            ck = self._chunk_key(rkey, gen, i)
+            commit.append(
+                _Cmd("pexpire", (ck, self._ttl_ms)) if self._ttl_ms else _Cmd("persist", (ck,))
+            )
+        results = yield _Batch(tuple(commit), transaction=True)
+        for result in results[1:]:
+            _ok(result)
+        old = results[0] if not _is_wrongtype(results[0]) else None
+        yield from self._drop_chunks(rkey, self._manifest(old, rkey), gen)
+        if count and not all(results[-count:]):
+            # A chunk was gone before the manifest went in: a concurrent delete_prefix, an
+            # upload slower than the staging TTL, or eviction under maxmemory.
+            (_,) = yield _Batch((_Cmd("eval", (_DELETE_IF_GEN, 1, rkey, gen)),))
+            raise StoreUnavailable(
+                f"writing {key!r} on {self.url} failed: some of its {count} chunks disappeared "
+                "before the record was published (deleted concurrently, evicted under "
+                "maxmemory, or the upload took longer than the 15 min staging TTL). Nothing "
+                "was published; retry the save"
+            )
+
+    def _drop_chunks(
+        self, rkey: bytes, manifest: _Manifest | None, keep_gen: bytes | None
+    ) -> _Plan[None]:
+        if manifest is None or manifest.gen == keep_gen or manifest.n == 0:
+            return
+        keys = self._chunk_keys(rkey, manifest)
+        for start in range(0, len(keys), _SCAN_COUNT):
+            (result,) = yield _Batch((_Cmd("unlink", tuple(keys[start : start + _SCAN_COUNT])),))
+            _ok(result)
+
+    def _get_plan(self, key: str, first: Any = None, *, have_first: bool = False) -> _Plan[Any]:
+        rkey = self._rkey(key)
+        for _attempt in range(MAX_READ_ATTEMPTS):
+            if have_first:
+                result, have_first = first, False
+            else:
+                (result,) = yield _Batch((_Cmd("get", (rkey,)),))
+            if result is None:
+                return None
+            if not _is_wrongtype(result):
+                return _ok(result)
+            value = yield from self._read_chunked(rkey)
+            if value is not _RETRY:
+                return value
+        raise StoreUnavailable(
+            f"reading {key!r} on {self.url} failed: the record was overwritten "
+            f"{MAX_READ_ATTEMPTS} times while it was being read; retry later"
+        )
+
+    def _read_chunked(self, rkey: bytes) -> _Plan[Any]:
+        """The chunked record at ``rkey``; ``None`` if gone, ``_RETRY`` if it changed meanwhile."""
+        (raw,) = yield _Batch((_Cmd("hgetall", (rkey,)),))
+        if _is_wrongtype(raw):
+            return _RETRY  # replaced by a small record since our GET
+        manifest = self._manifest(_ok(raw), rkey)
+        if manifest is None:
+            return None
+        buf = bytearray(manifest.size)
+        offset = 0
+        keys = self._chunk_keys(rkey, manifest)
+        per_batch = max(1, PIPELINE_BYTES // max(1, manifest.size // max(1, manifest.n)))
+        for start in range(0, len(keys), per_batch):
+            batch = tuple(_Cmd("get", (k,)) for k in keys[start : start + per_batch])
+            for piece in (yield _Batch(batch)):
+                if piece is None or _is_wrongtype(piece):
+                    # Chunks went away under us: overwritten (start again from the new
+                    # manifest), or lost (expired, evicted, deleted): the record is gone.
+                    (again,) = yield _Batch((_Cmd("hgetall", (rkey,)),))
+                    current = None if _is_wrongtype(again) else self._manifest(_ok(again), rkey)
+                    if _is_wrongtype(again) or (current is not None and current != manifest):
+                        return _RETRY
+                    return None
+                piece = _ok(piece)
+                end = offset + len(piece)
+                if end > manifest.size:
+                    break
+                buf[offset:end] = piece
+                offset = end
+        if offset != manifest.size:
+            raise CheckpointCorrupted(
+                f"chunked record {self._key(rkey)!r} on {self.url} has {offset} bytes in its "
+                f"chunks, its manifest says {manifest.size}; delete it and let the step recompute",
+                key=self._key(rkey),
+            )
+        return buf
+
+    def _get_first_plan(self, keys: Sequence[str]) -> _Plan[tuple[str, Buffer] | None]:
+        rkeys = [self._rkey(k) for k in keys]
+        if not rkeys:
+            return None
+        # One round trip for every candidate; only a chunked hit needs more.
+        results = yield _Batch(tuple(_Cmd("get", (rk,)) for rk in rkeys))
+        for key, result in zip(keys, results, strict=True):
+            if result is None:
+                continue
+            value = yield from self._get_plan(key, result, have_first=True)
+            if value is not None:
+                return key, value
+        return None
+
+    def _head_plan(self, key: str) -> _Plan[ObjectInfo | None]:
+        rkey = self._rkey(key)
+        exists, length, size = yield _Batch(
+            (_Cmd("exists", (rkey,)), _Cmd("strlen", (rkey,)), _Cmd("hget", (rkey, b"size"))),
+            transaction=True,
+        )
+        if not _ok(exists):
+            return None
+        if not _is_wrongtype(length):
+            return ObjectInfo(key, int(_ok(length)))
+        return ObjectInfo(key, int(_ok(size) or 0))
+
+    def _delete_plan(self, key: str) -> _Plan[None]:
+        rkey = self._rkey(key)
+        raw, deleted = yield _Batch(
+            (_Cmd("hgetall", (rkey,)), _Cmd("delete", (rkey,))), transaction=True
+        )
+        _ok(deleted)
+        if not _is_wrongtype(raw):
+            yield from self._drop_chunks(rkey, self._manifest(_ok(raw), rkey), None)
+
+    def _scan_plan(self, prefix: str) -> _Plan[builtins.list[bytes]]:
+        """Every Redis key below ``prefix`` (records and chunks), deduplicated."""
+        pattern = self._pattern(prefix)
+        found: dict[bytes, None] = {}
+        cursor: Any = 0
+        while True:
+            (reply,) = yield _Batch(
+                (_Cmd("scan", (cursor,), {"match": pattern, "count": _SCAN_COUNT}),)
+            )
+            cursor, page = _ok(reply)
+            found.update(dict.fromkeys(page))
+            if int(cursor) == 0:
+                return list(found)
+
+    def _delete_prefix_plan(self, prefix: str) -> _Plan[int]:
+        rkeys = yield from self._scan_plan(prefix)
+        records = sum(1 for rk in rkeys if _SEP not in rk[len(self._ns) :])
+        for start in range(0, len(rkeys), _SCAN_COUNT):
+            (result,) = yield _Batch((_Cmd("unlink", tuple(rkeys[start : start + _SCAN_COUNT])),))
+            _ok(result)
+        return records
+
+    def _list_plan(self, prefix: str) -> _Plan[builtins.list[ObjectInfo]]:
+        rkeys = [
+            rk for rk in (yield from self._scan_plan(prefix)) if _SEP not in rk[len(self._ns) :]
+        ]
+        out: list[ObjectInfo] = []
+        for start in range(0, len(rkeys), _SCAN_COUNT):
+            page = rkeys[start : start + _SCAN_COUNT]
+            commands: list[_Cmd] = []
+            for rk in page:
+                commands += [
+                    _Cmd("exists", (rk,)),
+                    _Cmd("strlen", (rk,)),
+                    _Cmd("hget", (rk, b"size")),
+                ]
+            results = yield _Batch(tuple(commands))
+            for i, rk in enumerate(page):
+                exists, length, size = results[3 * i : 3 * i + 3]
+                if not _ok(exists):
+                    continue  # deleted since the scan
+                n = int(_ok(size) or 0) if _is_wrongtype(length) else int(_ok(length))
+                out.append(ObjectInfo(self._key(rk), n))
+        return out
+
+    # -- drivers -------------------------------------------------------------------------------
+    def _run(self, plan: _Plan[T], action: str, key: str) -> T:
+        with self._errors(action, key):
+            results: list[Any] | None = None
+            while True:
+                try:
+                    batch = plan.send(results) if results is not None else next(plan)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+                results = self._execute(batch)
+
+    def _execute(self, batch: _Batch) -> list[Any]:
+        client = self._client
+        if len(batch.commands) == 1 and not batch.transaction:
+            cmd = batch.commands[0]
+            try:
+                return [getattr(client, cmd.name)(*cmd.args, **cmd.kwargs)]
+            except redis.ResponseError as exc:
+                return [exc]
+        with client.pipeline(transaction=batch.transaction) as pipe:
+            for cmd in batch.commands:
+                getattr(pipe, cmd.name)(*cmd.args, **cmd.kwargs)
+            return list(pipe.execute(raise_on_error=False))
+
+    async def _arun(self, plan: _Plan[T], action: str, key: str) -> T:
+        with self._errors(action, key):
+            client = self._async_client()
+            results: list[Any] | None = None
+            while True:
+                try:
+                    batch = plan.send(results) if results is not None else next(plan)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+                results = await self._aexecute(client, batch)
+
+    @staticmethod
+    async def _aexecute(client: Any, batch: _Batch) -> list[Any]:
+        if len(batch.commands) == 1 and not batch.transaction:
+            cmd = batch.commands[0]
+            try:
+                return [await getattr(client, cmd.name)(*cmd.args, **cmd.kwargs)]
+            except redis.ResponseError as exc:
+                return [exc]
+        async with client.pipeline(transaction=batch.transaction) as pipe:
+            for cmd in batch.commands:
+                getattr(pipe, cmd.name)(*cmd.args, **cmd.kwargs)
+            return list(await pipe.execute(raise_on_error=False))
+
+    # -- errors --------------------------------------------------------------------------------
+    def _scrub(self, text: str) -> str:
+        text = redact_url(text)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    @contextlib.contextmanager
+    def _errors(self, action: str, key: str) -> Iterator[None]:
+        """The one place Redis exceptions become ckpt errors (messages never hold secrets)."""
+        try:
+            yield
+        except CheckpointError:
+            raise
+        except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+            raise StoreConfigError(
+                f"{action} {key!r}: Redis at {self.url} refused authentication "
+                f"({self._scrub(str(exc))}). Check the username and password in the URL"
+            ) from None
+        except redis.exceptions.NoPermissionError as exc:
+            raise StoreConfigError(
+                f"{action} {key!r}: Redis at {self.url} denied the command "
+                f"({self._scrub(str(exc))}). The ACL user needs GET, SET, HSET, HGETALL, DEL, "
+                "UNLINK, EXISTS, STRLEN, HGET, PEXPIRE, PERSIST, SCAN, EVAL, MULTI and EXEC on "
+                f"keys matching {self.prefix}:*"
+            ) from None
+        except redis.exceptions.ReadOnlyError as exc:
+            raise StoreConfigError(
+                f"{action} {key!r}: Redis at {self.url} is a read-only replica "
+                f"({self._scrub(str(exc))}); point ckpt at the primary"
+            ) from None
+        except redis.exceptions.OutOfMemoryError as exc:
+            raise StoreUnavailable(
+                f"{action} {key!r}: Redis at {self.url} is out of memory "
+                f"({self._scrub(str(exc))}). Raise maxmemory, set a ttl on the store, or "
+                "delete old checkpoints; existing checkpoints are intact"
+            ) from None
+        except redis.ResponseError as exc:
+            text = self._scrub(str(exc))
+            if "DB index" in text or "invalid DB" in text or "NOAUTH" in text:
+                raise StoreConfigError(
+                    f"{action} {key!r}: Redis at {self.url} rejected the connection settings "
+                    f"({text}); check the database number and password in the URL"
+                ) from None
+            raise StoreUnavailable(
+                f"{action} {key!r} on {self.url} failed: Redis replied with an error: {text}"
+            ) from None
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise StoreUnavailable(
+                f"{action} {key!r}: Redis at {self.url} is unavailable after {RETRIES + 1} "
+                f"attempts ({type(exc).__name__}: {self._scrub(str(exc))}). Check that the "
+                "server is running and reachable; checkpoints already written are not affected"
+            ) from None
+        except redis.RedisError as exc:
+            raise StoreUnavailable(
+                f"{action} {key!r} on {self.url} failed: {type(exc).__name__}: "
+                f"{self._scrub(str(exc))}"
+            ) from None
+
+    # -- sync primitives -----------------------------------------------------------------------
+    def put(self, key: str, data: Data) -> None:
+        self._run(self._put_plan(key, data), "writing", key)
+
+    def get(self, key: str) -> Buffer | None:
+        return self._run(self._get_plan(key), "reading", key)  # type: ignore[no-any-return]
+
+    def get_first(self, keys: Sequence[str]) -> tuple[str, Buffer] | None:
+        return self._run(self._get_first_plan(keys), "reading", _first(keys))
+
+    def head(self, key: str) -> ObjectInfo | None:
+        return self._run(self._head_plan(key), "checking", key)
+
+    def delete(self, key: str) -> None:
+        self._run(self._delete_plan(key), "deleting", key)
+
+    def delete_prefix(self, prefix: str) -> int:
+        return self._run(self._delete_prefix_plan(prefix), "deleting", prefix)
+
+    def list(self, prefix: str = "") -> builtins.list[ObjectInfo]:
+        return self._run(self._list_plan(prefix), "listing", prefix)
+
+    def close(self) -> None:
+        """Disconnect the pools. Async pools of loops that are still running should be closed
+        with :meth:`aclose` on their loop; here they are only dropped."""
+        with contextlib.suppress(Exception):
+            self._pool.disconnect()
+        self._aclients.clear()
+
+    # -- async twins ---------------------------------------------------------------------------
+    async def aput(self, key: str, data: Data) -> None:
+        await self._arun(self._put_plan(key, data), "writing", key)
+
+    async def aget(self, key: str) -> Buffer | None:
+        return await self._arun(self._get_plan(key), "reading", key)  # type: ignore[no-any-return]
+
+    async def aget_first(self, keys: Sequence[str]) -> tuple[str, Buffer] | None:
+        return await self._arun(self._get_first_plan(keys), "reading", _first(keys))
+
+    async def ahead(self, key: str) -> ObjectInfo | None:
+        return await self._arun(self._head_plan(key), "checking", key)
+
+    async def adelete(self, key: str) -> None:
+        await self._arun(self._delete_plan(key), "deleting", key)
+
+    async def adelete_prefix(self, prefix: str) -> int:
+        return await self._arun(self._delete_prefix_plan(prefix), "deleting", prefix)
+
+    async def alist(self, prefix: str = "") -> builtins.list[ObjectInfo]:
+        return await self._arun(self._list_plan(prefix), "listing", prefix)
+
+    async def aclose(self) -> None:
+        """Close this loop's async pool, then everything :meth:`close` closes."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - aclose is always awaited on a loop
+            loop = None
+        client = self._aclients.pop(loop, None) if loop is not None else None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.connection_pool.disconnect()
+        self.close()
+
+
+def _first(keys: Iterable[str]) -> str:
+    for key in keys:
+        return key
+    return ""
+
+
+#: Delete a manifest only if it still points at the given generation (atomic, server-side).
+_DELETE_IF_GEN = """
+if redis.call('HGET', KEYS[1], 'gen') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""

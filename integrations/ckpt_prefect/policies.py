@@ -1,0 +1,81 @@
+"""Cache policies that make a retried flow run skip the tasks that already finished.
+
+``RESUME`` keys a task call by correlation, task and inputs. The correlation is the flow run id
+(stable across flow retries) or the correlation the flow declared with
+:func:`ckpt_prefect.resumable`, so a task that finished in a failed attempt, or in a failed earlier
+flow run of the same logical job, is found and not run again.
+
+The task is named by ``module.qualname``, not by its source code, so editing an unrelated line of
+the file does not invalidate every checkpoint; compose with Prefect's ``TASK_SOURCE`` when a code
+change should recompute (``RESUME + TASK_SOURCE``). Exclude unhashable arguments such as clients
+with ``RESUME - "client"``.
+
+``RESUME_RUN`` adds the attempt to the key, and ``CheckpointStorage`` files its results in the RUN
+scope: they are reused within one attempt only and deleted when the attempt ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from prefect.cache_policies import CachePolicy, Inputs
+from prefect.context import TaskRunContext
+from prefect.utilities.hashing import hash_objects
+
+from ckpt_core import Scope
+
+from .correlation import current_identity
+
+
+@dataclass
+class Resume(CachePolicy):
+    """Key = correlation + task (``module.qualname``) + inputs (+ attempt for ``Scope.RUN``).
+
+    Attributes:
+        scope: ``Scope.CORRELATION`` (every attempt of the correlation sees the result) or
+            ``Scope.RUN`` (this attempt only).
+        exclude: argument names left out of the key (``RESUME - "client"``).
+    """
+
+    scope: Scope = Scope.CORRELATION
+    exclude: list[str] = field(default_factory=list)
+
+    @property
+    def __ckpt_scope__(self) -> Scope:
+        """Read by ``CheckpointStorage`` to file results in the right scope."""
+        return Scope(self.scope)
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        if task_ctx is None:
+            return None
+        identity = current_identity()
+        fn = task_ctx.task.fn
+        task_name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+        # Prefect's own Inputs policy: same hashing, same stable transforms, same error message
+        # naming the unhashable argument.
+        inputs_key = Inputs(exclude=list(self.exclude)).compute_key(
+            task_ctx=task_ctx, inputs=inputs, flow_parameters=flow_parameters
+        )
+        parts: list[Any] = [identity.correlation_id, task_name, inputs_key]
+        if Scope(self.scope) is Scope.RUN:
+            parts.append(identity.attempt)
+        digest = hash_objects(*parts, raise_on_failure=True)
+        return f"{task_name}:{digest}"
+
+    def __sub__(self, other: str) -> Resume:
+        if not isinstance(other, str):
+            raise TypeError("Can only subtract argument names (str) from cache policies.")
+        return replace(self, exclude=[*self.exclude, other])
+
+
+#: Resume across attempts and across flow runs of the same declared correlation.
+RESUME = Resume()
+#: Reuse within one attempt only; results are deleted when the attempt ends.
+RESUME_RUN = Resume(scope=Scope.RUN)
