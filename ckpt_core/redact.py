@@ -31,6 +31,7 @@ def redact_url(url: str) -> str:
     """
     if "://" not in url:
         return url
+    url = _mask_raw_password(url)
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -48,6 +49,25 @@ def redact_url(url: str) -> str:
         ]
         query = urlencode(pairs, safe="*")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _mask_raw_password(url: str) -> str:
+    """Mask ``user:password@`` even when the password holds an unescaped ``/``, ``?`` or ``#``.
+
+    ``urlsplit`` ends the host at the first of those, so ``redis://u:pa/ss@host`` would give a
+    netloc without ``@`` and the password would be shown whole. Here the userinfo runs to the
+    *last* ``@``, if it starts with ``user:``. ``host:8080/path?mail=a@b`` (digits after the colon,
+    then a path) is a port and is left to ``urlsplit``. Masking too much only costs readability.
+    """
+    scheme, _, rest = url.partition("://")
+    at = rest.rfind("@")
+    user, colon, password = rest[:at].partition(":")
+    if at == -1 or not colon or any(c in user for c in "/?#"):
+        return url
+    head = re.split(r"[/?#]", password, maxsplit=1)
+    if len(head) == 2 and head[0].isdigit():
+        return url
+    return f"{scheme}://{user}:{_MASK}@{rest[at + 1 :]}"
 
 
 def redact_options(options: Mapping[str, Any]) -> dict[str, Any]:

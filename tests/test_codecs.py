@@ -300,9 +300,12 @@ FRAMES = {
     "multi-index": pd.DataFrame(
         {"a": [1, 2]}, index=pd.MultiIndex.from_tuples([("a", 1), ("b", 2)], names=["p", "q"])
     ),
-    "multi-columns": pd.DataFrame([[1, 2]], columns=pd.MultiIndex.from_tuples([("a", "x"), ("a", "y")])),
-    "tz-index": pd.DataFrame({"a": [1, 2]}, index=pd.DatetimeIndex(
-        ["2026-01-01", "2026-01-02"], tz="UTC", name="t")),
+    "multi-columns": pd.DataFrame(
+        [[1, 2]], columns=pd.MultiIndex.from_tuples([("a", "x"), ("a", "y")])
+    ),
+    "tz-index": pd.DataFrame(
+        {"a": [1, 2]}, index=pd.DatetimeIndex(["2026-01-01", "2026-01-02"], tz="UTC", name="t")
+    ),
     "categorical": pd.DataFrame({"c": pd.Categorical(["a", "b", "a"])}),
     "nullable": pd.DataFrame({"i": pd.array([1, None], dtype="Int64")}),
 }
@@ -379,11 +382,13 @@ def test_schema_with_generics_and_non_json_records(mgr: ckpt.CheckpointManager) 
 def test_record_of_a_class_that_no_longer_imports(mgr: ckpt.CheckpointManager) -> None:
     key = mgr.key_for(CTX, "gone")
     header = {
-        "codec": "json", "schema": "pydantic:no_such_module_xyz:Order", "ns": "codecs",
+        "codec": "json",
+        "schema": "pydantic:no_such_module_xyz:Order",
+        "ns": "codecs",
         "node": "gone",
     }
     mgr.store.put(key, Record(header, [b'{"id": 3, "items": []}'], None).to_bytes())
-    with pytest.raises(ckpt.SchemaMismatch, match="no_such_module_xyz.*schema="):
+    with pytest.raises(ckpt.SchemaMismatch, match=r"no_such_module_xyz.*schema="):
         mgr.load(CTX, "gone")
     assert mgr.load(CTX, "gone", schema=Order) == Order(id=3)
 

@@ -183,13 +183,16 @@ class BrokenDeletes(ckpt.MemoryStore):
 
 
 def test_finish_errors_never_hide_the_body_error(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="ckpt"), pytest.raises(ZeroDivisionError):
-        with ckpt.run("broken", store=BrokenDeletes(), run_id="r-9"):
-            1 / 0  # noqa: B018
+    with (
+        caplog.at_level(logging.WARNING, logger="ckpt"),
+        pytest.raises(ZeroDivisionError),
+        ckpt.run("broken", store=BrokenDeletes(), run_id="r-9"),
+    ):
+        1 / 0  # noqa: B018
     assert "could not finish run r-9" in caplog.text
-    with pytest.raises(ckpt.StoreUnavailable):  # but a clean body surfaces the finish error
-        with ckpt.run("broken", store=BrokenDeletes()):
-            pass
+    # ...but a clean body surfaces the finish error.
+    with pytest.raises(ckpt.StoreUnavailable), ckpt.run("broken", store=BrokenDeletes()):
+        pass
 
 
 def test_env_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

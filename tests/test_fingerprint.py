@@ -19,7 +19,7 @@ import ckpt_core as ckpt
 from ckpt_core.fingerprint import fingerprint_call, fingerprint_value
 
 # Built the same way here and in fresh interpreters with other hash seeds.
-VALUES_SOURCE = r'''
+VALUES_SOURCE = r"""
 import dataclasses, datetime, decimal, enum, pathlib, uuid
 import numpy as np, pandas as pd, polars as pl, pyarrow as pa, pydantic
 
@@ -54,7 +54,7 @@ VALUES = {
     "polars": pl.DataFrame({"a": [1, 2]}),
     "arrow": pa.table({"a": [1, 2]}),
 }
-'''
+"""
 
 
 def _load_values(source: str) -> dict[str, Any]:

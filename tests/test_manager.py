@@ -178,7 +178,10 @@ def test_constructor_validation_and_repr(tmp_path: object) -> None:
     by_url.save(ATTEMPT1, "x", 1)
     assert CheckpointManager(f"{tmp_path}/by-url", namespace="n").load(ATTEMPT1, "x") == 1
     memory = CheckpointManager("memory://test-manager-repr")
-    assert repr(memory) == "CheckpointManager(MemoryStore('memory://test-manager-repr'), namespace='default')"
+    assert (
+        repr(memory)
+        == "CheckpointManager(MemoryStore('memory://test-manager-repr'), namespace='default')"
+    )
     with pytest.raises(TypeError):
         CheckpointManager(ckpt.MemoryStore(), fsync=False)  # options need a URL
 

@@ -40,6 +40,13 @@ from .conftest import STORE_KINDS
 class TestStoreConformance(StoreConformance):
     """Every backend of ``conftest.STORE_KINDS`` through the whole suite."""
 
+    @pytest.fixture
+    def ttl_store(self, request: pytest.FixtureRequest, store: Store) -> Store:
+        # Only RedisStore lists "ttl" among the built-in stores; its factory cleans up.
+        assert type(store).__name__ == "RedisStore", f"no ttl_store recipe for {store!r}"
+        factory = request.getfixturevalue("redis_store_factory")
+        return factory(ttl=self.ttl_seconds)  # type: ignore[no-any-return]
+
     def streaming_size(self, store: Store) -> int:
         # FsspecStore sends records under its multipart threshold as one PUT (joined, one copy,
         # which the invariant allows) and streams the larger ones; test a streamed one.
@@ -47,8 +54,10 @@ class TestStoreConformance(StoreConformance):
         return max(super().streaming_size(store), threshold + (1 << 20))
 
     def credentials(self, store: Store) -> list[str]:
+        # The secret halves only: an S3 access key *id* is an identifier that every signed
+        # request carries in clear text (botocore's own DEBUG log prints it).
         options = getattr(getattr(store, "fs", None), "storage_options", None) or {}
-        found = [options.get(name) for name in ("key", "secret", "password", "token")]
+        found = [options.get(name) for name in ("secret", "password", "token")]
         return [str(v) for v in found if v]
 
 
@@ -188,6 +197,13 @@ class _EmptyIsMissStore(MemoryStore):
         data = super().get(key)
         return data or None
 
+    def get_first(self, keys: Sequence[str]) -> tuple[str, Buffer] | None:
+        for key in keys:
+            data = self.get(key)
+            if data:
+                return key, data
+        return None
+
 
 class _DriftedAsyncStore(MemoryStore):
     """The async twin has drifted from the sync one: ``alist`` forgets the prefix."""
@@ -223,35 +239,56 @@ class _UncheckedKeysStore(MemoryStore):
 @pytest.mark.parametrize(
     ("broken", "test_name", "modes", "params"),
     [
-        (
+        pytest.param(
             _LeakyPrefixStore,
             "test_invariant_deleting_prefix_a_never_touches_a_colon_b_or_a_star",
             ("sync", "async"),
             {},
+            id="leaky-prefix",
         ),
-        (
+        pytest.param(
             _InPlaceWriterStore,
             "test_invariant_reader_sees_whole_record_or_nothing",
             ("sync", "async"),
             {"where": "middle"},
+            id="in-place-writer",
         ),
-        (_EmptyIsMissStore, "test_put_get_round_trips_exact_bytes", ("sync",), {"kind": "empty"}),
-        (_EmptyIsMissStore, "test_get_first_finds_an_empty_record", ("sync",), {}),
-        (
+        pytest.param(
+            _EmptyIsMissStore,
+            "test_put_get_round_trips_exact_bytes",
+            ("sync",),
+            {"kind": "empty"},
+            id="empty-is-miss-get",
+        ),
+        pytest.param(
+            _EmptyIsMissStore,
+            "test_get_first_finds_an_empty_record",
+            ("sync",),
+            {},
+            id="empty-is-miss-get-first",
+        ),
+        pytest.param(
             _DriftedAsyncStore,
             "test_list_is_recursive_and_bounded_by_whole_components",
             ("async",),
             {},
+            id="drifted-async-twin",
         ),
-        (_GlobbingStore, "test_glob_characters_in_a_prefix_match_only_themselves", ("sync",), {}),
-        (
+        pytest.param(
+            _GlobbingStore,
+            "test_glob_characters_in_a_prefix_match_only_themselves",
+            ("sync",),
+            {},
+            id="globbing-list",
+        ),
+        pytest.param(
             _UncheckedKeysStore,
             "test_invalid_keys_are_refused_by_every_primitive",
             ("sync",),
             {"bad": "../escape"},
+            id="unchecked-keys",
         ),
     ],
-    ids=lambda v: v.__name__.strip("_") if isinstance(v, type) else None,
 )
 def test_the_kit_fails_on_a_broken_store(
     broken: type[Store], test_name: str, modes: Sequence[str], params: dict[str, Any]
@@ -472,3 +509,31 @@ def test_blocking_store_async_twins_leave_the_event_loop_free(local: FsspecStore
     finally:
         loop.close()
     assert local.get("ns/k") == b"x"
+
+
+def test_the_documented_third_party_usage_runs(tmp_path: Path) -> None:
+    """The example in ``ckpt_core.testing``'s docstring, run as written against a stand-in
+    ``my_package.MyStore``: an author who copies it gets a working suite."""
+    import ckpt_core.testing
+
+    doc = ckpt_core.testing.__doc__ or ""
+    example = textwrap.dedent(doc.split("::\n", 1)[1].split("\nEvery test runs twice", 1)[0])
+    assert "class TestMyStore(MyStoreSuite, StoreConformance)" in example
+    (tmp_path / "my_package.py").write_text(
+        "from ckpt_core import MemoryStore\n\n"
+        "class MyStore(MemoryStore):\n"
+        "    def __init__(self, root):\n"
+        "        super().__init__(str(root))\n"
+    )
+    (tmp_path / "test_my_store.py").write_text(example)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "round_trip"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "failed" not in summary, summary

@@ -18,6 +18,7 @@ as a plain ``dict``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import sys
@@ -82,6 +83,17 @@ def _resolve(ref: str) -> type:
 
 
 def _adapter(tp: Any) -> Any:
+    """A pydantic ``TypeAdapter``, cached: building one costs about a millisecond per type."""
+    try:
+        return _cached_adapter(tp)
+    except TypeError:  # an unhashable schema object
+        from pydantic import TypeAdapter
+
+        return TypeAdapter(tp)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_adapter(tp: Any) -> Any:
     from pydantic import TypeAdapter
 
     return TypeAdapter(tp)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -53,6 +54,7 @@ _PUBLISH_ON_CLOSE = {"gs", "gcs", "az", "abfs", "abfss", "adl"}
 #: S3 refuses multipart parts under 5 MiB (except the last) and more than 10,000 parts.
 S3_MIN_PART = 5 << 20
 S3_MAX_PARTS = 10_000
+_SMALL_BODY = 1 << 20
 #: botocore exceptions that mean "wrong configuration", not "server unavailable".
 _CONFIG_ERRORS = {
     "NoCredentialsError",
@@ -106,12 +108,9 @@ def _secrets(options: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def _parts(data: Data, size: int) -> Iterator[bytes | bytearray]:
-    """``data`` as consecutive parts of ``size`` bytes (the last may be shorter).
-
-    Full parts are the same reusable ``bytearray`` (botocore takes bytes-like bodies but not
-    memoryviews), so a multipart upload holds one part in memory, whatever the record's size.
-    """
+def _parts(data: Data, size: int) -> Iterator[memoryview]:
+    """``data`` as consecutive parts of ``size`` bytes (the last may be shorter), each a view of
+    one reusable buffer: a multipart upload holds one part in memory, whatever the record."""
     buf = bytearray(size)
     out = memoryview(buf)
     filled = 0
@@ -123,10 +122,46 @@ def _parts(data: Data, size: int) -> Iterator[bytes | bytearray]:
             filled += take
             view = view[take:]
             if filled == size:
-                yield buf
+                yield out
                 filled = 0
     if filled:
-        yield bytes(out[:filled])
+        yield out[:filled]
+
+
+class _PartReader(io.RawIOBase):
+    """A seekable file over a memoryview, used as an ``upload_part`` body.
+
+    botocore refuses memoryview bodies, and with a bytes-like one aiohttp copies the part twice
+    (a slice, then a join with the headers); a file is sent in small reads instead.
+    """
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = max(0, min(len(b), self._view.nbytes - self._pos))
+        b[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._view.nbytes}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __len__(self) -> int:
+        return self._view.nbytes
 
 
 class _RemoteFiles:
@@ -185,14 +220,31 @@ class _RemoteFiles:
     def put(self, key: str, data: Data) -> None:
         path = self.path(key)
         size = data_size(data)
-        if size <= self.multipart_threshold:
+        if self.is_s3:
+            if size <= self.multipart_threshold:
+                self._put_s3_single(path, data, size)
+            else:
+                self._put_s3_multipart(path, data, size)
+        elif size <= self.multipart_threshold:
             self.fs.pipe_file(path, join_chunks(data))
-        elif self.is_s3:
-            self._put_s3_multipart(path, data, size)
         elif self.protocol in _PUBLISH_ON_CLOSE:
             self._put_streamed(path, data)
         else:
             self.fs.pipe_file(path, join_chunks(data))
+
+    def _put_s3_single(self, path: str, data: Data, size: int) -> None:
+        """One ``PutObject``; the record is joined once (no copy if it is already ``bytes``)."""
+        fs = self.fs
+        bucket, key, _version = fs.split_path(path)
+        body = join_chunks(data)
+        # Past a small size, a file body keeps aiohttp from copying the record twice more.
+        fs.call_s3(
+            "put_object",
+            Bucket=bucket,
+            Key=key,
+            Body=body if size <= _SMALL_BODY else _PartReader(memoryview(body)),
+        )
+        fs.invalidate_cache(path)
 
     def _put_s3_multipart(self, path: str, data: Data, size: int) -> None:
         fs = self.fs
@@ -209,7 +261,7 @@ class _RemoteFiles:
                     Key=key,
                     UploadId=upload_id,
                     PartNumber=number,
-                    Body=body,
+                    Body=_PartReader(body),
                 )
                 part = {"PartNumber": number, "ETag": out["ETag"]}
                 if "ChecksumSHA256" in out:
@@ -301,8 +353,28 @@ class _RemoteFiles:
 
     def delete_prefix(self, prefix: str) -> int:
         found = self.list(prefix)
-        if found:
-            self.fs.rm([self.path(info.key) for info in found])
+        paths = [self.path(info.key) for info in found]
+        # Never fs.rm(paths): it expands glob characters, and a key may contain them.
+        if self.is_s3:
+            bucket = self.fs.split_path(self.root or paths[0])[0] if paths else ""
+            for start in range(0, len(paths), 1000):
+                batch = paths[start : start + 1000]
+                objects = [{"Key": self.fs.split_path(p)[1]} for p in batch]
+                out = self.fs.call_s3(
+                    "delete_objects", Bucket=bucket, Delete={"Objects": objects, "Quiet": True}
+                )
+                if out.get("Errors"):
+                    first = out["Errors"][0]
+                    raise OSError(
+                        errno.EIO,
+                        f"{len(out['Errors'])} of {len(batch)} deletes failed, e.g. "
+                        f"{first.get('Key')!r}: {first.get('Code')} {first.get('Message')}",
+                    )
+            self.fs.invalidate_cache(self.root)
+        else:
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(path)
         return len(found)
 
 
@@ -328,8 +400,8 @@ class FsspecStore(BlockingStore):
         url: str,
         *,
         fsync: bool = True,
-        multipart_threshold: int = 8 << 20,
-        block_size: int = 8 << 20,
+        multipart_threshold: int = 16 << 20,
+        block_size: int = 5 << 20,
         **storage_options: Any,
     ) -> None:
         self.url = redact_url(url)

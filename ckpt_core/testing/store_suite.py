@@ -124,19 +124,21 @@ class StoreConformance:
         return request.param  # type: ignore[no-any-return]
 
     @pytest.fixture
-    def twins(self, mode: Mode) -> Iterator[Twins]:
+    def twins(self, mode: Mode, store: Store) -> Iterator[Twins]:
+        """This test's flavour and event loop. In async mode, ``store.aclose()`` is awaited on
+        that loop before it ends (async clients must close on the loop they were bound to)."""
         t = Twins(mode)
         try:
             yield t
+            if t.mode == "async":
+                t.run(store.aclose())
         finally:
             t.close()
 
     @pytest.fixture
-    def ops(self, twins: Twins, store: Store) -> Iterator[Any]:
+    def ops(self, twins: Twins, store: Store) -> Any:
         """The store under test, in this test's flavour: ``ops.put(key, data)``."""
-        yield twins(store)
-        if twins.mode == "async":
-            twins.run(store.aclose())
+        return twins(store)
 
     @pytest.fixture
     def ttl_store(self, store: Store) -> Store:
@@ -446,24 +448,22 @@ class StoreConformance:
 
     # -- optional capabilities --------------------------------------------------------------------
     def test_capability_ttl_records_expire(
-        self, request: pytest.FixtureRequest, store: Store, mode: Mode
+        self, request: pytest.FixtureRequest, store: Store, twins: Twins
     ) -> None:
         self.require(store, "ttl")
         ttl_store: Store = request.getfixturevalue("ttl_store")
-        twins = Twins(mode)
-        try:
-            ops = twins(ttl_store)
-            ops.put("ns/expiring", b"soon gone")
-            assert bytes(ops.get("ns/expiring")) == b"soon gone"
-            deadline = time.monotonic() + self.ttl_deadline
-            while ops.get("ns/expiring") is not None:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"record still readable {self.ttl_deadline} s after put")
-                time.sleep(0.1)
-            assert ops.head("ns/expiring") is None
-            assert ops.list("ns/") == []
-        finally:
-            twins.close()
+        ops = twins(ttl_store)
+        ops.put("ns/expiring", b"soon gone")
+        assert bytes(ops.get("ns/expiring")) == b"soon gone"
+        deadline = time.monotonic() + self.ttl_deadline
+        while ops.get("ns/expiring") is not None:
+            if time.monotonic() > deadline:
+                pytest.fail(f"record still readable {self.ttl_deadline} s after put")
+            time.sleep(0.1)
+        assert ops.head("ns/expiring") is None
+        assert ops.list("ns/") == []
+        if twins.mode == "async":
+            twins.run(ttl_store.aclose())
 
     def test_capability_streaming_put_holds_no_copy(self, ops: Any, store: Store) -> None:
         """A store listing ``"streaming"`` writes a payload chunk by chunk: while ``put`` runs,

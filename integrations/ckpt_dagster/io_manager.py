@@ -114,17 +114,6 @@ def _step_key(context: InputContext) -> str:
         return "<unknown step>"
 
 
-def _wants_dict(context: InputContext) -> bool:
-    """Whether the input is annotated as a mapping (then partitions load as a dict even when
-    only one partition is selected)."""
-    try:
-        typing_type = context.dagster_type.typing_type
-    except DagsterInvariantViolationError:
-        return False
-    origin = typing.get_origin(typing_type) or typing_type
-    return isinstance(origin, type) and issubclass(origin, Mapping)
-
-
 class CheckpointIOManager(ConfigurableIOManager):
     """Store every op output and asset as a verified ckpt record on shared storage, so that
     re-execution from failure, run retries and op retries load finished steps instead of
@@ -364,6 +353,13 @@ class CheckpointIOManager(ConfigurableIOManager):
     def load_input(self, context: InputContext) -> Any:
         if context.has_asset_key:
             return self._load_asset(context)
+        upstream = context.upstream_output
+        if upstream is not None and upstream.has_asset_key:
+            # An input with no asset key of its own reading an asset output (an op downstream
+            # of an asset, ``result.output_for_node``): the value lives under the asset's key.
+            return self._load_asset_value(
+                context, upstream.asset_key.path, self._upstream_partition(context, upstream)
+            )
         return self._load_op_output(context)
 
     # -- op outputs ------------------------------------------------------------------------
@@ -424,7 +420,7 @@ class CheckpointIOManager(ConfigurableIOManager):
         if not context.has_asset_partitions:
             return self._load_asset_value(context, asset_path, None)
         partitions = list(context.asset_partition_keys)
-        if len(partitions) == 1 and not _wants_dict(context):
+        if len(partitions) == 1:  # as UPathIOManager: one partition loads as its value
             return self._load_asset_value(context, asset_path, partitions[0])
         allow_missing = bool((context.definition_metadata or {}).get("allow_missing_partitions"))
         values: dict[str, Any] = {}
@@ -435,6 +431,24 @@ class CheckpointIOManager(ConfigurableIOManager):
                 if not allow_missing:
                     raise
         return values
+
+    @staticmethod
+    def _upstream_partition(context: InputContext, upstream: OutputContext) -> str | None:
+        """The partition of an upstream asset read by an input that has no asset key: the run's
+        partition when the asset is partitioned (``asset_partitions_def`` does not trip Dagster's
+        deprecation warning for ``upstream_output`` the way ``has_asset_partitions`` does)."""
+        try:
+            upstream.asset_partitions_def  # noqa: B018 - raises when the asset is unpartitioned
+        except DagsterInvariantViolationError:
+            return None
+        if not context.has_partition_key:
+            raise InvalidKey(
+                f"step {_step_key(context)!r} reads partitioned asset "
+                f"{upstream.asset_key.to_user_string()!r} outside a partitioned run, so there is "
+                "no partition to load; run it for one partition or declare the input as an "
+                "asset input (AssetIn)"
+            )
+        return context.partition_key
 
     def _load_asset_value(
         self, context: InputContext, asset_path: typing.Sequence[str], partition: str | None

@@ -134,14 +134,14 @@ class CheckpointHooks:
             # `_sync=True` is the keyword Prefect's own sync code passes to its dispatching
             # methods; without it a sync flow started under a running event loop would get a
             # coroutine back.
-            storage = CheckpointStorage.load(storage, _sync=True)
+            storage = CheckpointStorage.load(storage[len(_SLUG_PREFIX) :], _sync=True)
         assert isinstance(storage, CheckpointStorage)  # checked by _check_storage
         return storage
 
     async def _ablock(self, flow: Any) -> CheckpointStorage:
         storage = self._source(flow)
         if isinstance(storage, str):
-            storage = await CheckpointStorage.aload(storage)
+            storage = await CheckpointStorage.aload(storage[len(_SLUG_PREFIX) :])
         if not isinstance(storage, CheckpointStorage):  # pragma: no cover - checked above
             raise TypeError(f"{storage!r} is not a CheckpointStorage")
         return storage

@@ -5,7 +5,7 @@
 :func:`ckpt_prefect.resumable`, so a task that finished in a failed attempt, or in a failed earlier
 flow run of the same logical job, is found and not run again.
 
-The task is named by ``module.qualname``, not by its source code, so editing an unrelated line of
+The task is named by its file and qualified name (:func:`task_identity`), not by its source code, so editing an unrelated line of
 the file does not invalidate every checkpoint; compose with Prefect's ``TASK_SOURCE`` when a code
 change should recompute (``RESUME + TASK_SOURCE``). Exclude unhashable arguments such as clients
 with ``RESUME - "client"``.
@@ -17,6 +17,7 @@ scope: they are reused within one attempt only and deleted when the attempt ends
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import PurePath
 from typing import Any
 
 from prefect.cache_policies import CachePolicy, Inputs
@@ -28,9 +29,22 @@ from ckpt_core import Scope
 from .correlation import current_identity
 
 
+def task_identity(fn: Any) -> str:
+    """``<file stem>.<qualname>`` of a task function.
+
+    The file stem, not ``__module__``: the same file is ``__main__`` when run as a script,
+    ``flows`` when a worker loads the entrypoint ``flows.py:nightly`` and ``pkg.flows`` when
+    imported, and every attempt of a correlation must name the task the same way.
+    """
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    filename = getattr(getattr(fn, "__code__", None), "co_filename", None)
+    where = PurePath(filename).stem if filename else str(getattr(fn, "__module__", "?"))
+    return f"{where}.{qualname}"
+
+
 @dataclass
 class Resume(CachePolicy):
-    """Key = correlation + task (``module.qualname``) + inputs (+ attempt for ``Scope.RUN``).
+    """Key = correlation + task (:func:`task_identity`) + inputs (+ attempt for ``Scope.RUN``).
 
     Attributes:
         scope: ``Scope.CORRELATION`` (every attempt of the correlation sees the result) or
@@ -56,8 +70,7 @@ class Resume(CachePolicy):
         if task_ctx is None:
             return None
         identity = current_identity()
-        fn = task_ctx.task.fn
-        task_name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+        task_name = task_identity(task_ctx.task.fn)
         # Prefect's own Inputs policy: same hashing, same stable transforms, same error message
         # naming the unhashable argument.
         inputs_key = Inputs(exclude=list(self.exclude)).compute_key(

@@ -1,15 +1,20 @@
 """Jobs and assets for the Dagster integration tests.
 
 Module-level so ``reconstructable`` can rebuild them in the multiprocess executor's step
-processes. Ops count their calls by appending a line to ``<CKPT_DAGSTER_TEST_DIR>/<name>.calls``
-(files, not globals: step processes do not share memory), and fail on purpose while their call
-count is at most the number given for them in ``CKPT_DAGSTER_FAILS`` (``"c=1,process_b=1"``).
+processes. Test control travels in run tags, which every step process sees (environment
+variables do not: forkserver children inherit the server's environment, not the test's):
+
+- ``ckpt_test/calls_dir``: ops count their calls by appending a line to ``<dir>/<name>.calls``
+  (files, not globals: step processes share no memory);
+- ``ckpt_test/fails`` (``"c=1,process_k2=1"``): an op fails on purpose while its call count is
+  at most the number given for it.
 """
 
-import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ckpt_dagster import CheckpointIOManager
 from dagster import (
     AssetExecutionContext,
     AssetIn,
@@ -28,36 +33,40 @@ from dagster import (
 )
 
 from ckpt_core import MemoryStore, checkpointed
-from ckpt_dagster import CheckpointIOManager
 
-TEST_DIR_ENV = "CKPT_DAGSTER_TEST_DIR"
-FAILS_ENV = "CKPT_DAGSTER_FAILS"
+CALLS_DIR_TAG = "ckpt_test/calls_dir"
+FAILS_TAG = "ckpt_test/fails"
 
 
 class InjectedFailure(RuntimeError):
     """Raised on purpose by a test op."""
 
 
-def _calls_file(name: str) -> Path:
-    return Path(os.environ[TEST_DIR_ENV]) / f"{name}.calls"
+def control_tags(calls_dir: Path, fails: str = "") -> dict[str, str]:
+    """Run tags that point the test ops at ``calls_dir`` and make them fail as ``fails`` says."""
+    return {CALLS_DIR_TAG: str(calls_dir), FAILS_TAG: fails}
+
+
+def _run_tags() -> Mapping[str, str]:
+    return OpExecutionContext.get().run.tags
 
 
 def count_call(name: str) -> int:
     """Record one call of ``name``; returns how many calls there have been, this one included."""
-    path = _calls_file(name)
+    path = Path(_run_tags()[CALLS_DIR_TAG]) / f"{name}.calls"
     with path.open("a") as f:
         f.write("call\n")
     return len(path.read_text().splitlines())
 
 
-def calls(test_dir: Path, name: str) -> int:
-    path = test_dir / f"{name}.calls"
+def calls(calls_dir: Path, name: str) -> int:
+    path = calls_dir / f"{name}.calls"
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 def maybe_fail(name: str, call_number: int) -> None:
     """Fail while ``call_number`` is at most the count configured for ``name``."""
-    spec = os.environ.get(FAILS_ENV, "")
+    spec = _run_tags().get(FAILS_TAG, "")
     fails = dict(item.split("=") for item in spec.split(",") if item)
     if call_number <= int(fails.get(name, "0")):
         raise InjectedFailure(f"{name} fails on purpose (call {call_number})")
@@ -93,7 +102,14 @@ def three_ops() -> None:
 
 @job(
     resource_defs={"io_manager": IO_MANAGER},
-    executor_def=multiprocess_executor.configured({"max_concurrent": 2}),
+    executor_def=multiprocess_executor.configured(
+        {
+            "max_concurrent": 2,
+            # forkserver with dagster and this module preloaded: each step process starts in
+            # well under a second instead of importing everything again
+            "start_method": {"forkserver": {"preload_modules": [__name__]}},
+        }
+    ),
 )
 def three_ops_multiprocess() -> None:
     c(b(a()))

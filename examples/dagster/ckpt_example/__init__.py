@@ -1,0 +1,1 @@
+"""ckpt + Dagster example project; see definitions.py and docs/dagster.md."""
