@@ -96,9 +96,12 @@ def _stop(process: subprocess.Popen[bytes] | None, grace: float = 3.0) -> None:
     """SIGTERM, then SIGKILL after ``grace`` seconds (test data is disposable)."""
     if process is None or process.poll() is not None:
         return
-    process.terminate()
+    if grace > 0:
+        process.terminate()
+    else:
+        process.kill()
     try:
-        process.wait(grace)
+        process.wait(grace or 30)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(30)
@@ -150,8 +153,8 @@ class RedisServer:
 
         return redis.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=5)
 
-    def stop(self) -> None:
-        _stop(self.process)
+    def stop(self, grace: float = 3.0) -> None:
+        _stop(self.process, grace)
 
 
 def start_redis(directory: Path, password: str | None = None, **config: str) -> RedisServer:
@@ -308,8 +311,10 @@ class SeaweedServer:
     def log(self) -> str:
         return _tail(self.directory / "weed.log") if self.directory else "(external server)"
 
-    def stop(self) -> None:
-        _stop(self.process)
+    def stop(self, grace: float = 3.0) -> None:
+        """Stop the server (``grace=0``: SIGKILL at once, like a crash) and remove the gRPC
+        sockets it left in /tmp (only this instance's, named by its ports)."""
+        _stop(self.process, grace)
         for name in _WEED_GRPC_SOCKETS:
             port = self.ports.get(f"{name}.grpc")
             path = Path(f"/tmp/seaweedfs-{name}-grpc-{port}.sock")

@@ -380,6 +380,23 @@ def test_a_write_that_dies_mid_chunks_publishes_nothing_and_leaks_nothing_for_lo
         assert 0 < raw.pttl(key) <= STAGING_TTL_MS, "staged chunks must expire on their own"
 
 
+def test_chunks_lost_before_publishing_fail_the_save_and_leave_nothing(
+    redis_store_factory: Factory, raw: Any
+) -> None:
+    """A chunk deleted between staging and the commit (a concurrent prefix delete, eviction):
+    the save fails loudly and neither a manifest nor any chunk stays behind."""
+    store = redis_store_factory(chunk_size=100)
+    plan = store._put_plan("ns/k", b"x" * 1000)
+    batch = next(plan)
+    while not batch.transaction:  # stage the chunks
+        batch = plan.send(store._execute(batch))
+    raw.delete(chunk_keys(raw, store, "ns/k")[0])
+    with pytest.raises(StoreUnavailable, match="chunks disappeared before the record was"):
+        _drive(store, plan, batch)
+    assert store.get("ns/k") is None
+    assert raw_keys(raw, store) == []
+
+
 # -- SCAN escaping ---------------------------------------------------------------------------------
 
 

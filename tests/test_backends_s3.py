@@ -128,6 +128,9 @@ def test_small_save_is_one_put_object_and_small_load_one_get_object(
     assert bytes(store.get("ns/k")) == b"w" * (2 * MiB)
     assert store.get("ns/missing") is None
     assert spy.take() == ["GetObject", "GetObject"]
+    key, data = store.get_first(["ns/missing", "ns/k"])  # both asked at once
+    assert (key, len(data)) == ("ns/k", 2 * MiB)
+    assert spy.take() == ["GetObject", "GetObject"]
 
 
 def test_large_save_is_one_multipart_upload_fed_part_by_part(
@@ -269,7 +272,7 @@ def test_a_stopped_server_is_store_unavailable_after_a_bounded_retry(
     store = open_store(f"s3://{server.bucket}/p", **server.storage_options())
     store.put("ns/k", b"before")
     spy = calls(store)
-    server.stop()
+    server.stop(grace=0)  # SIGKILL: the server dies, it does not say goodbye
     for op, args in [("get", ("ns/k",)), ("put", ("ns/k", b"x")), ("head", ("ns/k",))]:
         spy.take()
         with pytest.raises(StoreUnavailable, match="failed after retries") as info:
@@ -352,18 +355,28 @@ def test_writers_in_several_processes_never_tear_a_record(s3_server: SeaweedServ
                 p.kill()
 
 
-def test_a_store_opened_before_fork_works_in_the_child(s3_store_factory: Factory) -> None:
-    store = s3_store_factory()
-    store.put("ns/parent", b"p")  # the parent's s3fs client and loop thread now exist
+def test_a_store_opened_before_fork_works_in_the_child_and_the_parent_stays_healthy(
+    s3_server: SeaweedServer, s3_store_factory: Factory, calls: Callable[[FsspecStore], S3Calls]
+) -> None:
+    """fsspec's async filesystems are not fork-safe: the child gets its own. And the child must
+    never close the copy it inherited: that would unregister the parent's pooled sockets from
+    the event-loop epoll the two processes share, and the parent's next request would hang."""
+    config = {"s3": {"addressing_style": "path"}, "read_timeout": 3}
+    store = s3_store_factory(config_kwargs=config)
+    store.put("ns/parent", b"p")  # the parent's client, loop thread and pooled connection exist
+    spy = calls(store)
 
     def child() -> None:
         store.put("ns/child", bytes(store.get("ns/parent")) + b"c")
 
-    proc = multiprocessing.get_context("fork").Process(target=child)
-    proc.start()
-    proc.join(60)
-    assert proc.exitcode == 0
-    assert bytes(store.get("ns/child")) == b"pc"
+    for _ in range(3):
+        proc = multiprocessing.get_context("fork").Process(target=child)
+        proc.start()
+        proc.join(60)
+        assert proc.exitcode == 0
+        spy.take()
+        assert bytes(store.get("ns/child")) == b"pc"
+        assert spy.sends == 1, "the parent's pooled connection broke when the child exited"
 
 
 def test_async_twins_see_the_same_records_as_sync(s3_store_factory: Factory) -> None:

@@ -29,7 +29,8 @@ import errno
 import io
 import os
 import threading
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import CheckpointError, StoreConfigError, StoreUnavailable
@@ -50,7 +51,7 @@ from .local import LocalFiles, is_disk_full
 _LOCAL_PROTOCOLS = {"file", "local"}
 _S3_PROTOCOLS = {"s3", "s3a"}
 #: Object stores whose upload files publish the object only when closed (and can be discarded).
-_PUBLISH_ON_CLOSE = {"gs", "gcs", "az", "abfs", "abfss", "adl"}
+_PUBLISH_ON_CLOSE = {"gs", "gcs", "az", "abfs", "abfss"}
 #: S3 refuses multipart parts under 5 MiB (except the last) and more than 10,000 parts.
 S3_MIN_PART = 5 << 20
 S3_MAX_PARTS = 10_000
@@ -164,6 +165,33 @@ class _PartReader(io.RawIOBase):
         return self._view.nbytes
 
 
+#: Filesystems inherited from the parent process, kept alive in a forked child (see below).
+_FORK_LEFTOVERS: list[Any] = []
+
+
+def _quarantine_parent_filesystems(inherited: Any) -> None:
+    """In a forked child, keep the parent's filesystems alive and disarm their finalizers.
+
+    The child's copy of an async filesystem (s3fs) shares the parent's event-loop epoll instance
+    and sockets. If the copy were closed here (a finalizer runs when fsspec's instance cache is
+    cleared in the child, or when we drop our reference), its transports would unregister the
+    parent's sockets from that shared epoll, and the parent's next request on a pooled
+    connection would hang until the read timeout. So nothing inherited is ever closed here.
+    """
+    pid = os.getpid()
+    cache = getattr(type(inherited), "_cache", None)
+    stale = [inherited]
+    if isinstance(cache, dict):
+        stale += [fs for fs in cache.values() if getattr(fs, "_pid", pid) != pid]
+    ids = {id(fs) for fs in stale}
+    registry = getattr(weakref.finalize, "_registry", {})
+    for finalizer in list(registry):
+        info = finalizer.peek()
+        if info is not None and id(info[0]) in ids:
+            finalizer.detach()
+    _FORK_LEFTOVERS.extend(stale)
+
+
 class _RemoteFiles:
     """Primitives over any fsspec filesystem (object stores, memory, ...); raw fsspec errors."""
 
@@ -195,6 +223,8 @@ class _RemoteFiles:
                 if self._pid != os.getpid():
                     import fsspec.core
 
+                    if self._fs is not None:
+                        _quarantine_parent_filesystems(self._fs)
                     fs, root = fsspec.core.url_to_fs(self._url, **self._options)
                     self._fs, self.root = fs, root.rstrip("/")
                     self._pid = os.getpid()
@@ -313,6 +343,36 @@ class _RemoteFiles:
         except IsADirectoryError:
             return None
         return data
+
+    def get_first(self, keys: Sequence[str]) -> tuple[str, Buffer] | None:
+        paths = [self.path(k) for k in keys]
+        if not self.is_s3 or len(paths) < 2:
+            for key in keys:
+                data = self.get(key)
+                if data is not None:
+                    return key, data
+            return None
+        # All candidates in one round of concurrent GETs (the manager's RUN-then-CORRELATION
+        # lookup): a miss on the first no longer costs a round trip before the second.
+        import asyncio
+
+        from fsspec.asyn import sync
+
+        fs = self.fs
+
+        async def fetch_all() -> list[Any]:
+            return await asyncio.gather(
+                *(fs._cat_file(p, max_concurrency=1) for p in paths), return_exceptions=True
+            )
+
+        for key, result in zip(keys, sync(fs.loop, fetch_all), strict=True):
+            if isinstance(result, FileNotFoundError):
+                self._not_found(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                return key, result
+        return None
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
@@ -502,6 +562,12 @@ class FsspecStore(BlockingStore):
     def get(self, key: str) -> Buffer | None:
         with self._errors("reading", key):
             return self._files.get(key)
+
+    def get_first(self, keys: Sequence[str]) -> tuple[str, Buffer] | None:
+        with self._errors("reading", next(iter(keys), "")):
+            if isinstance(self._files, LocalFiles):
+                return super().get_first(keys)
+            return self._files.get_first(keys)
 
     def head(self, key: str) -> ObjectInfo | None:
         with self._errors("checking", key):

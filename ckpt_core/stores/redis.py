@@ -394,11 +394,12 @@ class RedisStore(Store):
             # A chunk was gone before the manifest went in: a concurrent delete_prefix, an
             # upload slower than the staging TTL, or eviction under maxmemory.
             (_,) = yield _Batch((_Cmd("eval", (_DELETE_IF_GEN, 1, rkey, gen)),))
+            yield from self._drop_chunks(rkey, _Manifest(gen, count, written), None)
             raise StoreUnavailable(
                 f"writing {key!r} on {self.url} failed: some of its {count} chunks disappeared "
                 "before the record was published (deleted concurrently, evicted under "
-                "maxmemory, or the upload took longer than the 15 min staging TTL). Nothing "
-                "was published; retry the save"
+                "maxmemory, or the upload took longer than the 15 min staging TTL). The key "
+                "now holds no record, never a partial one; retry the save"
             )
 
     def _drop_chunks(

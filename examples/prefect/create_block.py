@@ -16,6 +16,9 @@ import json
 import os
 import sys
 
+from prefect.types import SecretDict
+from pydantic import SecretStr
+
 from ckpt_core import redact_url
 from ckpt_prefect import CheckpointStorage
 
@@ -35,12 +38,17 @@ def main() -> int:
     if not isinstance(options, dict):
         print("CKPT_STORAGE_OPTIONS must be a JSON object", file=sys.stderr)
         return 2
+    retention = os.environ.get("CKPT_RETENTION", "delete")
+    if retention not in ("delete", "keep"):
+        print(f"CKPT_RETENTION must be 'delete' or 'keep', not {retention!r}", file=sys.stderr)
+        return 2
+    signing_key = os.environ.get("CKPT_SIGNING_KEY")
     block = CheckpointStorage(
         url=url,
         namespace=os.environ.get("CKPT_NAMESPACE") or None,
-        storage_options=options,
-        signing_key=os.environ.get("CKPT_SIGNING_KEY") or None,
-        retention=os.environ.get("CKPT_RETENTION", "delete"),
+        storage_options=SecretDict(options),
+        signing_key=SecretStr(signing_key) if signing_key else None,
+        retention="keep" if retention == "keep" else "delete",
     )
     block.save(name, overwrite=True)
     print(f"saved block ckpt-storage/{name} -> {redact_url(url)}")

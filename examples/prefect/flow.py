@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 from prefect import flow, task
 
@@ -37,13 +38,13 @@ def _step(name: str) -> None:
 
 
 @task(cache_policy=RESUME)
-def extract(date: str) -> list[dict[str, float]]:
+def extract(date: str) -> list[dict[str, Any]]:
     _step("extract")
     return [{"city": city, "amount": 10.0 * (i + 1)} for i, city in enumerate(["Oslo", "Lyon"])]
 
 
 @task(cache_policy=RESUME)
-def transform(rows: list[dict[str, float]]) -> dict[str, float]:
+def transform(rows: list[dict[str, Any]]) -> dict[str, float]:
     _step("transform")
     return {str(row["city"]): float(row["amount"]) * 1.25 for row in rows}
 

@@ -12,8 +12,7 @@ import contextlib
 import logging
 import os
 import threading
-import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from dagster import (
@@ -161,7 +160,8 @@ class CheckpointIOManager(ConfigurableIOManager):
         allow_pickle: Allow pickle records. Loading a pickle runs code chosen by whoever wrote
             it; switch it off for stores others can write to.
         signing_key: HMAC key; when set, records are signed and unsigned or altered records
-            are refused before decoding. Pass it as ``EnvVar("CKPT_SIGNING_KEY")``.
+            are refused before decoding. Pass it as ``EnvVar(...)``; unset, ckpt falls back to
+            the ``CKPT_SIGNING_KEY`` environment variable of the step process.
         retention: ``delete`` (default): the clean-up sensor deletes a run family's op outputs
             after a run of the family succeeds. ``keep``: they stay until deleted explicitly.
         checkpoint_op_bodies: While a step runs, make ``@ckpt_core.checkpointed`` calls inside
@@ -248,7 +248,7 @@ class CheckpointIOManager(ConfigurableIOManager):
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     # -- secrets stay out of repr ----------------------------------------------------------
-    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:  # type: ignore[override]
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
             if name == "signing_key" and value is not None and not isinstance(value, EnvVar):
                 yield name, "***"
@@ -297,6 +297,12 @@ class CheckpointIOManager(ConfigurableIOManager):
     def op_manager(self, job_name: str) -> CheckpointManager:
         """The manager holding ``job_name``'s op outputs (and ``@checkpointed`` calls in ops)."""
         return self._manager("ops", self.op_namespace(job_name))
+
+    def _op_manager_for(self, context: InputContext | OutputContext) -> CheckpointManager:
+        # The job name is only needed when no namespace is set (contexts built in unit tests
+        # may not have one).
+        namespace = _resolve_env(self.namespace, "namespace") or context.job_name
+        return self._manager("ops", namespace)
 
     def asset_manager(self) -> CheckpointManager:
         """The manager holding asset values (persistent layout, see :mod:`ckpt_dagster.keys`)."""
@@ -369,7 +375,7 @@ class CheckpointIOManager(ConfigurableIOManager):
 
     def _save_op_output(self, context: OutputContext, obj: Any) -> CheckpointInfo:
         node = keys.op_output_node(context.step_key, context.name, context.mapping_key)
-        manager = self.op_manager(context.job_name)
+        manager = self._op_manager_for(context)
         return manager.save(self._output_run_context(context), node, obj, Scope.CORRELATION)
 
     def _load_op_output(self, context: InputContext) -> Any:
@@ -383,7 +389,7 @@ class CheckpointIOManager(ConfigurableIOManager):
         run = _dagster_run(context)
         ctx = _run_context(run) if run is not None else RunContext(run_id=upstream.run_id)
         node = keys.op_output_node(upstream.step_key, upstream.name, upstream.mapping_key)
-        manager = self.op_manager(context.job_name)
+        manager = self._op_manager_for(context)
         try:
             return manager.load(ctx, node)
         except CheckpointNotFound:
@@ -451,7 +457,7 @@ class CheckpointIOManager(ConfigurableIOManager):
         return context.partition_key
 
     def _load_asset_value(
-        self, context: InputContext, asset_path: typing.Sequence[str], partition: str | None
+        self, context: InputContext, asset_path: Sequence[str], partition: str | None
     ) -> Any:
         manager = self.asset_manager()
         node = keys.asset_node(asset_path, partition)

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
 from typing import Any, Literal
 
 from prefect.filesystems import WritableFileSystem
@@ -30,7 +29,7 @@ from ckpt_core import (
     redact_url,
 )
 
-from .correlation import Identity, current_identity, has_lifecycle
+from .correlation import Identity, current_identity, has_lifecycle, is_inprocess_subflow
 
 log = logging.getLogger("ckpt.prefect")
 
@@ -82,14 +81,17 @@ class CheckpointStorage(WritableFileSystem):
         from prefect import flow, task
         from ckpt_prefect import RESUME, CheckpointStorage, resumable
 
-        CheckpointStorage(url="s3://my-bucket/ckpt").save("prod", overwrite=True)
+        storage = CheckpointStorage(url="s3://my-bucket/ckpt")
+        storage.save("prod", overwrite=True)
 
-        @task(cache_policy=RESUME)
+        # A saved instance costs nothing per task run; a "ckpt-storage/prod" slug on @task is
+        # re-read from the Prefect API for every task run (put slugs on @flow instead).
+        @task(result_storage=storage, cache_policy=RESUME)
         def extract(day: str) -> list[int]:
             return [1, 2, 3]
 
         @resumable
-        @flow(retries=2, result_storage="ckpt-storage/prod")
+        @flow(retries=2, result_storage=storage)
         def nightly(day: str) -> int:
             return sum(extract(day))
         ```
@@ -145,10 +147,12 @@ class CheckpointStorage(WritableFileSystem):
             raise ValueError("url must name a store, e.g. s3://bucket/prefix or /var/lib/ckpt")
         return value
 
-    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+    def __repr_args__(self) -> list[tuple[str | None, Any]]:
         # The URL may carry a password (redis://:pw@host); every other secret is a Secret type.
-        for name, value in super().__repr_args__():
-            yield name, redact_url(value) if name == "url" and isinstance(value, str) else value
+        return [
+            (name, redact_url(value) if name == "url" and isinstance(value, str) else value)
+            for name, value in super().__repr_args__()
+        ]
 
     # -- manager ---------------------------------------------------------------------------
     def _options(self) -> dict[str, Any]:
@@ -202,6 +206,8 @@ class CheckpointStorage(WritableFileSystem):
         flow = getattr(flow_ctx, "flow", None)
         if flow is None or flow.name in _warned_flows or has_lifecycle(flow):
             return
+        if is_inprocess_subflow(getattr(flow_ctx, "flow_run", None)):
+            return  # filed under its root flow run, whose hooks clean up
         _warned_flows.add(flow.name)
         log.warning(
             "flow %r writes results to ckpt-storage but has no ckpt lifecycle hooks, so its "

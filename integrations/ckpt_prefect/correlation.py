@@ -9,7 +9,8 @@ run context at the time of the call:
   the flow name and the flow run's parameters, so a *new* flow run of the same logical job (same
   date, say) resumes from a failed one;
 - **attempt**: the flow run's ``run_count``; the RUN scope of an attempt is the run id
-  ``"<flow run id>#<attempt>"``.
+  ``"<flow run id>#<attempt>"``;
+- an in-process **subflow** takes all three from the flow run at the root of its tree.
 
 The declared correlation lives on the lifecycle hooks the flow carries (see :mod:`.hooks`), so the
 flow object is the single source of truth: the block, the cache policy and the hooks all read it
@@ -22,8 +23,10 @@ so the hooks, which only see that form, render exactly the same correlation as t
 from __future__ import annotations
 
 import string
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ckpt_core import CheckpointError, InvalidKey, RunContext
@@ -98,7 +101,6 @@ class CorrelationSpec:
         return value
 
 
-
 @dataclass(frozen=True)
 class Identity:
     """Where one flow run attempt files its checkpoints."""
@@ -141,10 +143,89 @@ def _max_attempts(flow: Any) -> int | None:
     return retries + 1 if isinstance(retries, int) else None
 
 
+def is_inprocess_subflow(flow_run: Any) -> bool:
+    """A flow called from another flow's body: it has a parent task run and no deployment of
+    its own (a ``run_deployment`` child has one, and is a job of its own)."""
+    return (
+        getattr(flow_run, "parent_task_run_id", None) is not None
+        and getattr(flow_run, "deployment_id", None) is None
+    )
+
+
+#: Top-level flow runs seen in this process: flow run id -> flow object (for its declared
+#: correlation when one of its subflows asks). Bounded: a served flow runs for months.
+_known_flows: OrderedDict[str, Any] = OrderedDict()
+#: Subflow run id -> the identity of the flow run at the root of its tree.
+_subflow_roots: OrderedDict[str, Identity] = OrderedDict()
+_registry_lock = threading.Lock()
+_REGISTRY_SIZE = 512
+
+
+def _remember(registry: OrderedDict[str, Any], key: str, value: Any) -> None:
+    with _registry_lock:
+        registry[key] = value
+        registry.move_to_end(key)
+        while len(registry) > _REGISTRY_SIZE:
+            registry.popitem(last=False)
+
+
+def _root_identity(flow_run: Any, namespace: str | None) -> Identity:
+    """The identity of the top-level flow run an in-process subflow belongs to.
+
+    A subflow files its results under its root's namespace, correlation and attempt: the root's
+    retry reads a finished subflow's result in the root's context (Prefect reuses a completed
+    subflow run instead of running it again), a re-run subflow resumes its finished tasks, and the
+    root's lifecycle hooks clean everything. Costs one or two API reads per subflow run (cached).
+    """
+    key = str(flow_run.id)
+    cached = _subflow_roots.get(key)
+    if cached is None:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            current = flow_run
+            while True:
+                parent_task = client.read_task_run(current.parent_task_run_id)
+                parent_id = parent_task.flow_run_id
+                if parent_id is None:  # pragma: no cover - a subflow always has a parent flow
+                    raise InvalidKey(f"subflow run {key} has no parent flow run")
+                attempt = max(int(parent_task.flow_run_run_count or 0), 1)
+                parent = client.read_flow_run(parent_id)
+                if not is_inprocess_subflow(parent):
+                    break
+                current = parent
+            flow = _known_flows.get(str(parent_id))
+            if flow is not None:
+                name, spec, max_attempts = flow.name, spec_of(flow), _max_attempts(flow)
+            else:
+                name = client.read_flow(parent.flow_id).name
+                spec, max_attempts = None, None
+        parent_key = str(parent_id)
+        cached = Identity(
+            namespace=name,
+            correlation_id=(
+                spec.render(name, parent.parameters or {}) if spec is not None else parent_key
+            ),
+            flow_run_id=parent_key,
+            attempt=attempt,
+            max_attempts=max_attempts,
+        )
+        _remember(_subflow_roots, key, cached)
+    return replace(cached, namespace=namespace) if namespace else cached
+
+
 def flow_identity(flow: Any, flow_run: Any, namespace: str | None) -> Identity:
-    """Identity of a flow run attempt, from the flow object and its ``FlowRun``."""
-    spec = spec_of(flow)
+    """Identity of a flow run attempt, from the flow object and its ``FlowRun``.
+
+    An in-process subflow gets the identity of the flow run at the root of its tree (see
+    :func:`_root_identity`).
+    """
+    if is_inprocess_subflow(flow_run):
+        return _root_identity(flow_run, namespace)
     flow_run_id = str(flow_run.id)
+    if _known_flows.get(flow_run_id) is not flow:
+        _remember(_known_flows, flow_run_id, flow)
+    spec = spec_of(flow)
     correlation = (
         spec.render(flow.name, flow_run.parameters or {}) if spec is not None else flow_run_id
     )

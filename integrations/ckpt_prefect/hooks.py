@@ -24,7 +24,13 @@ from typing import Any, Literal, TypeVar, overload
 from ckpt_core import CheckpointManager
 
 from .block import CheckpointStorage
-from .correlation import Correlation, CorrelationSpec, Identity, flow_identity
+from .correlation import (
+    Correlation,
+    CorrelationSpec,
+    Identity,
+    flow_identity,
+    is_inprocess_subflow,
+)
 
 log = logging.getLogger("ckpt.prefect")
 
@@ -98,14 +104,14 @@ class CheckpointHooks:
             raise TypeError(
                 f"resumable() decorates a Prefect flow; got {flow!r}. Put it above @flow"
             )
+        name = str(getattr(flow, "name", flow))
         if any(hasattr(h, "__ckpt_spec__") for h in hooks):
-            raise ValueError(f"flow {flow.name!r} already has ckpt hooks")  # type: ignore[attr-defined]
+            raise ValueError(f"flow {name!r} already has ckpt hooks")
         if self.spec is not None:
             parameters = getattr(flow, "parameters", None)
-            names = set(getattr(parameters, "properties", None) or {})
-            self.spec.check(flow.name, names)  # type: ignore[attr-defined]
+            self.spec.check(name, set(getattr(parameters, "properties", None) or {}))
         if self.storage is None:
-            _check_storage(getattr(flow, "result_storage", None), f"{flow.name!r}'s result_storage")  # type: ignore[attr-defined]
+            _check_storage(getattr(flow, "result_storage", None), f"{name!r}'s result_storage")
         # New lists: Flow.with_options shares hook lists between copies.
         for kind in ("running", "completion", "failure", "crashed", "cancellation"):
             attr = f"on_{kind}_hooks"
@@ -134,8 +140,10 @@ class CheckpointHooks:
             # `_sync=True` is the keyword Prefect's own sync code passes to its dispatching
             # methods; without it a sync flow started under a running event loop would get a
             # coroutine back.
-            storage = CheckpointStorage.load(storage[len(_SLUG_PREFIX) :], _sync=True)
-        assert isinstance(storage, CheckpointStorage)  # checked by _check_storage
+            name = storage[len(_SLUG_PREFIX) :]
+            storage = CheckpointStorage.load(name, _sync=True)  # type: ignore[call-arg]
+        if not isinstance(storage, CheckpointStorage):  # pragma: no cover - checked above
+            raise TypeError(f"{storage!r} is not a CheckpointStorage")
         return storage
 
     async def _ablock(self, flow: Any) -> CheckpointStorage:
@@ -156,12 +164,15 @@ class CheckpointHooks:
         # run as read before it entered Running) the one before; either way every attempt up to
         # it has ended or has not written anything yet, so its RUN scope can go.
         attempts = list(range(1, int(flow_run.run_count or 0) + 1))
+        # None: an attempt starts (no finish); True/False: the flow run's final outcome.
         succeeded = {"running": None, "completion": True}.get(kind, False)
         if kind != "running" and not attempts:
             attempts = [1]
         return manager, identity, attempts, succeeded, retention
 
     def _run(self, kind: str, flow: Any, flow_run: Any) -> None:
+        if _subflow(flow, flow_run):
+            return
         manager, identity, attempts, succeeded, retention = self._plan(
             kind, self._block(flow), flow, flow_run
         )
@@ -171,6 +182,8 @@ class CheckpointHooks:
         _log(kind, identity, removed)
 
     async def _arun(self, kind: str, flow: Any, flow_run: Any) -> None:
+        if _subflow(flow, flow_run):
+            return
         manager, identity, attempts, succeeded, retention = self._plan(
             kind, await self._ablock(flow), flow, flow_run
         )
@@ -180,6 +193,14 @@ class CheckpointHooks:
         if succeeded is not None:
             removed += await manager.afinish(identity.context(), succeeded, retention=retention)
         _log(kind, identity, removed)
+
+
+def _subflow(flow: Any, flow_run: Any) -> bool:
+    """In-process subflows file under their root flow run, whose hooks clean up: theirs don't."""
+    if is_inprocess_subflow(flow_run):
+        log.debug("ckpt: %r runs as a subflow; its root flow run owns the lifecycle", flow.name)
+        return True
+    return False
 
 
 def _log(kind: str, identity: Identity, removed: int) -> None:

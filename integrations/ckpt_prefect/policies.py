@@ -5,10 +5,10 @@
 :func:`ckpt_prefect.resumable`, so a task that finished in a failed attempt, or in a failed earlier
 flow run of the same logical job, is found and not run again.
 
-The task is named by its file and qualified name (:func:`task_identity`), not by its source code, so editing an unrelated line of
-the file does not invalidate every checkpoint; compose with Prefect's ``TASK_SOURCE`` when a code
-change should recompute (``RESUME + TASK_SOURCE``). Exclude unhashable arguments such as clients
-with ``RESUME - "client"``.
+The task is named by its file and qualified name (:func:`task_identity`), not by its source
+code, so editing an unrelated line of the file does not invalidate every checkpoint; compose with
+Prefect's ``TASK_SOURCE`` when a code change should recompute (``RESUME + TASK_SOURCE``). Exclude
+unhashable arguments such as clients with ``RESUME - "client"``.
 
 ``RESUME_RUN`` adds the attempt to the key, and ``CheckpointStorage`` files its results in the RUN
 scope: they are reused within one attempt only and deleted when the attempt ends.

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ckpt_dagster import CheckpointIOManager
 from dagster import (
     AssetExecutionContext,
     AssetIn,
@@ -33,6 +32,7 @@ from dagster import (
 )
 
 from ckpt_core import MemoryStore, checkpointed
+from ckpt_dagster import CheckpointIOManager
 
 CALLS_DIR_TAG = "ckpt_test/calls_dir"
 FAILS_TAG = "ckpt_test/fails"
@@ -105,9 +105,14 @@ def three_ops() -> None:
     executor_def=multiprocess_executor.configured(
         {
             "max_concurrent": 2,
-            # forkserver with dagster and this module preloaded: each step process starts in
-            # well under a second instead of importing everything again
-            "start_method": {"forkserver": {"preload_modules": [__name__]}},
+            # forkserver with dagster, this module and the store clients preloaded: each step
+            # process starts in well under a second instead of importing everything again
+            # (a module that is not installed is skipped by multiprocessing)
+            "start_method": {
+                "forkserver": {
+                    "preload_modules": [__name__, "ckpt_core.stores.redis", "s3fs"],
+                }
+            },
         }
     ),
 )

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ckpt_dagster import CheckpointIOManager
 from dagster import (
     AssetKey,
     DagsterEventType,
@@ -20,6 +19,7 @@ from dagster import (
 )
 
 from ckpt_core import CheckpointManager, open_store
+from ckpt_dagster import CheckpointIOManager
 
 from . import dagster_jobs as jobs
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ckpt_dagster import METADATA_KEYS
 from dagster import (
     DagsterEventType,
     DagsterInstance,
@@ -24,6 +23,7 @@ from dagster import (
 )
 
 from ckpt_core import open_store
+from ckpt_dagster import METADATA_KEYS
 
 from . import dagster_jobs as jobs
 

@@ -16,12 +16,15 @@ import inspect
 import json
 import logging
 import os
+import runpy
 import subprocess
 import sys
+import textwrap
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import nullcontext
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,9 @@ from prefect.futures import wait
 from prefect.results import ResultRecord
 from prefect.settings import (
     PREFECT_API_URL,
+    PREFECT_MEMO_STORE_PATH,
     PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK,
+    PREFECT_RESULTS_LOCAL_STORAGE_PATH,
     temporary_settings,
 )
 from prefect.states import State
@@ -58,9 +63,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 # -- fixtures ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def prefect_server() -> Iterator[str]:
-    """Prefect's own test server (SQLite in a temp dir), for this module."""
-    with prefect_test_harness(server_startup_timeout=180):
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Prefect's own test server (SQLite in a temp dir), for this module. Results Prefect writes
+    to its local default storage (a failed flow's exception) and the server's memo file go to a
+    temp dir, not ~/.prefect."""
+    scratch = tmp_path_factory.mktemp("prefect")
+    with (
+        temporary_settings(
+            updates={
+                PREFECT_RESULTS_LOCAL_STORAGE_PATH: scratch / "local-results",
+                PREFECT_MEMO_STORE_PATH: scratch / "memo_store.toml",
+            }
+        ),
+        prefect_test_harness(server_startup_timeout=180),
+    ):
         yield str(PREFECT_API_URL.value())
 
 
@@ -71,7 +87,7 @@ def store_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def block(prefect_server: str, store_url: str) -> CheckpointStorage:
-    """A saved block over a fresh local store; its slug is ``ckpt-storage/<block._block_document_name>``."""
+    """A saved block over a fresh local store (see :func:`slug`)."""
     saved = CheckpointStorage(url=store_url)
     saved.save(f"test-{uuid.uuid4().hex[:10]}", overwrite=True)
     return saved
@@ -221,6 +237,52 @@ def test_mapped_tasks_resume_per_element(block: CheckpointStorage, store_url: st
     assert state.is_completed(), state
     assert state.result() == [1, 4, 9, 16]
     assert dict(calls) == {1: 1, 2: 1, 3: 2, 4: 1}
+    assert records(store_url) == []
+
+
+def test_subflows_file_under_the_root_flow_run(block: CheckpointStorage, store_url: str) -> None:
+    """A completed subflow is reused on the parent's retry (Prefect reads its result in the
+    parent's context), a failed one re-runs and resumes its finished tasks, and the parent's
+    hooks clean up after both."""
+    calls: Counter[str] = Counter()
+
+    @task(cache_policy=RESUME)
+    def double(x: int) -> int:
+        calls["double"] += 1
+        return 2 * x
+
+    @task(cache_policy=RESUME)
+    def fetch(y: int) -> int:
+        calls["fetch"] += 1
+        return y + 1
+
+    @task(cache_policy=RESUME)
+    def upload(y: int) -> str:
+        calls["upload"] += 1
+        if calls["upload"] == 1:
+            raise RuntimeError("upload failed on its first call")
+        return f"uploaded {y}"
+
+    @flow
+    def prepare(x: int) -> int:
+        calls["prepare"] += 1
+        return double(x)
+
+    @flow
+    def publish(y: int) -> str:
+        calls["publish"] += 1
+        return upload(fetch(y))
+
+    @resumable
+    @flow(retries=1, result_storage=block)
+    def parent() -> str:
+        return publish(prepare(3))
+
+    state = parent(return_state=True)
+
+    assert state.is_completed(), state
+    assert state.result() == "uploaded 7"
+    assert dict(calls) == {"prepare": 1, "double": 1, "publish": 2, "fetch": 1, "upload": 2}
     assert records(store_url) == []
 
 
@@ -374,7 +436,9 @@ def test_corrupted_record_is_recomputed_not_returned(
 
     assert state.result() == "loaded 2033"
     assert dict(calls) == {"extract": 2, "transform": 1, "load": 2}
-    assert any("corrupted" in r.getMessage() and extract_key in r.getMessage() for r in caplog.records)
+    assert any(
+        "corrupted" in r.getMessage() and extract_key in r.getMessage() for r in caplog.records
+    )
 
 
 def test_keep_retention_leaves_records_after_success(
@@ -443,6 +507,26 @@ def test_loaded_block_signs_records_and_hides_secrets(prefect_server: str, store
         open_record(raw, key, b"another key")
 
 
+def test_block_docstring_example_runs(prefect_server: str, store_url: str) -> None:
+    doc = inspect.getdoc(CheckpointStorage) or ""
+    code = textwrap.dedent(doc.split("```python\n", 1)[1].split("```", 1)[0])
+    name = f"doc-{uuid.uuid4().hex[:8]}"
+    code = code.replace("s3://my-bucket/ckpt", store_url).replace('"prod"', repr(name))
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "block_docstring_example", "exec"), namespace)
+
+    assert namespace["nightly"](day="2026-11-22") == 6
+    assert CheckpointStorage.load(name).url == store_url
+    assert records(store_url) == []
+
+
+def test_published_as_a_prefect_collection() -> None:
+    """Workers find the block class for `ckpt-storage/<name>` without importing ckpt_prefect
+    (a flow using only PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK never imports it)."""
+    found = {ep.name: ep.value for ep in entry_points(group="prefect.collections")}
+    assert found.get("ckpt_prefect") == "ckpt_prefect", found
+
+
 def test_block_outside_a_run_says_why(store_url: str) -> None:
     unsaved = CheckpointStorage(url=store_url)
     with pytest.raises(OutsideFlowRun, match="no Prefect flow or task run is active"):
@@ -467,7 +551,7 @@ def test_correlation_template_errors_name_the_parameter() -> None:
 
 # -- the example, run the documented way --------------------------------------------------------
 def test_example_runs_with_default_block_from_environment(
-    prefect_server: str, tmp_path: Path
+    prefect_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """examples/prefect: the block created from env vars, PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK
     from the environment (as prefect.yaml sets it), a failed run, then `prefect flow-run retry`."""
@@ -479,6 +563,7 @@ def test_example_runs_with_default_block_from_environment(
         "CKPT_BLOCK_NAME": "example-test",
         "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": "ckpt-storage/example-test",
         "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
     }
     example = REPO / "examples" / "prefect"
 
@@ -487,8 +572,13 @@ def test_example_runs_with_default_block_from_environment(
             args, cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False
         )
 
-    created = run(sys.executable, str(example / "create_block.py"))
-    assert created.returncode == 0, created.stderr
+    # create_block.py in this process (it only saves a block): one interpreter start less.
+    for name in ("CKPT_URL", "CKPT_BLOCK_NAME"):
+        monkeypatch.setenv(name, env[name])
+    with pytest.raises(SystemExit) as created:
+        runpy.run_path(str(example / "create_block.py"), run_name="__main__")
+    assert created.value.code == 0
+    assert CheckpointStorage.load("example-test").url == str(store)
 
     first = run(
         sys.executable, str(example / "flow.py"), "--date", "2026-11-22", "--fail-at", "load"
