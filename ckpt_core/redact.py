@@ -48,7 +48,7 @@ def redact_url(url: str) -> str:
             for k, v in parse_qsl(query, keep_blank_values=True)
         ]
         query = urlencode(pairs, safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return keep_slashes(url, urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
 
 
 def _mask_raw_password(url: str) -> str:
@@ -81,3 +81,12 @@ def redact_options(options: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def keep_slashes(original: str, rebuilt: str) -> str:
+    """urlunsplit turns ``unix:///run/redis.sock`` into ``unix:/run/redis.sock`` (``unix`` is not
+    a netloc scheme for urllib), which redis-py then rejects; put the ``//`` back."""
+    scheme, sep, _ = original.partition("://")
+    if sep and not rebuilt.startswith(scheme + "://") and rebuilt.startswith(scheme + ":"):
+        return f"{scheme}://{rebuilt[len(scheme) + 1 :]}"
+    return rebuilt

@@ -85,3 +85,9 @@ def test_signing_key_never_shows(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ckpt.CheckpointNotFound) as missing:
         mgr.load(ctx, "other")
     assert SECRET not in str(missing.value)
+
+
+def test_redact_url_keeps_unix_socket_slashes() -> None:
+    assert redact_url("unix:///run/redis.sock?password=hunter2") == (
+        "unix:///run/redis.sock?password=***"
+    )

@@ -50,7 +50,7 @@ import redis.retry
 
 from ..errors import CheckpointCorrupted, CheckpointError, StoreConfigError, StoreUnavailable
 from ..keys import escape_glob
-from ..redact import is_secret_name, redact_url
+from ..redact import is_secret_name, keep_slashes, redact_url
 from ..serde.base import Buffer
 from .base import (
     Data,
@@ -188,7 +188,7 @@ class RedisStore(Store):
         chunk_size: int | None = None,
         **redis_options: Any,
     ) -> None:
-        self.url = _keep_slashes(url, redact_url(url))
+        self.url = keep_slashes(url, redact_url(url))
         try:
             parts = urlsplit(url)
         except ValueError as exc:
@@ -201,7 +201,7 @@ class RedisStore(Store):
         query = parse_qsl(parts.query, keep_blank_values=True)
         own = {k: v for k, v in query if k in _OWN_QUERY_OPTIONS}
         rest = [(k, v) for k, v in query if k not in _OWN_QUERY_OPTIONS]
-        self._client_url = _keep_slashes(url, urlunsplit(parts._replace(query=urlencode(rest))))
+        self._client_url = keep_slashes(url, urlunsplit(parts._replace(query=urlencode(rest))))
 
         self.prefix = own.get("prefix", DEFAULT_PREFIX) if prefix is None else prefix
         if not isinstance(self.prefix, str) or "\x00" in self.prefix:
@@ -717,15 +717,6 @@ class RedisStore(Store):
             with contextlib.suppress(Exception):
                 await client.connection_pool.disconnect()
         self.close()
-
-
-def _keep_slashes(original: str, rebuilt: str) -> str:
-    """urlunsplit turns ``unix:///run/redis.sock`` into ``unix:/run/redis.sock`` (``unix`` is not
-    a netloc scheme for urllib), which redis-py then rejects; put the ``//`` back."""
-    scheme, sep, _ = original.partition("://")
-    if sep and not rebuilt.startswith(scheme + "://") and rebuilt.startswith(scheme + ":"):
-        return f"{scheme}://{rebuilt[len(scheme) + 1 :]}"
-    return rebuilt
 
 
 def _first(keys: Iterable[str]) -> str:
