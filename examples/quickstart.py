@@ -69,7 +69,8 @@ def aggregate(rows: list[dict[str, object]]) -> list[Summary]:
 @ckpt.checkpointed
 def report(summaries: list[Summary]) -> str:
     _work("report")
-    return "\n".join(f"  {s.city:<8} {s.orders:>5} orders  {s.revenue:>10.2f} EUR" for s in summaries)
+    lines = [f"  {s.city:<8} {s.orders:>5} orders  {s.revenue:>10.2f} EUR" for s in summaries]
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -102,7 +103,7 @@ def main() -> int:
         print(f"  {step:<10} {event.status:<9} {event.seconds * 1000:7.1f} ms")
     if failed is not None:
         print(f"  FAILED: {failed}")
-        print(f"attempt failed after {elapsed:.2f}s; finished steps are checkpointed in {args.store}")
+        print(f"attempt failed after {elapsed:.2f}s; finished steps are kept in {args.store}")
         return 1
     print(text)
     print(f"done in {elapsed:.2f}s; checkpoints saved {saved:.2f}s of recomputation")
