@@ -484,3 +484,21 @@ def test_pickle_tripwire_really_trips() -> None:
     unpickled.clear()
     assert pickle.loads(pickle.dumps(Tripwire())) == "revived"
     assert unpickled == ["loaded"]
+
+
+def test_error_messages_are_shown_verbatim_apart_from_secrets() -> None:
+    """Messages are text, not URLs: an endpoint URL with a query inside one must not be
+    re-encoded (spaces turned into '+') by the redaction."""
+    port = free_ports(1)[0]
+    result = cli(
+        "ls",
+        "s3://bucket/prefix",
+        "-o", f"endpoint_url=http://127.0.0.1:{port}",
+        "-o", "key=AKEXAMPLE",
+        "-o", "secret=never-print-me-123",
+        "-o", "config_kwargs.retries.total_max_attempts=1",
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "+Check" not in result.stderr and "Check that" in result.stderr
+    assert "never-print-me-123" not in result.output

@@ -8,7 +8,7 @@ def main() -> None:
     """Entry point of the ``ckpt`` console script and of ``python -m ckpt_core.cli``."""
     from .app import app
 
-    app()
+    app(prog_name="ckpt")
 
 
 __all__ = ["main"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -78,6 +79,19 @@ SigningKey = Annotated[
 ]
 
 
+#: ``scheme://user:password@`` inside free text (messages are not URLs: never feed them whole to
+#: ``redact_url``, which would re-encode everything after a ``?``).
+_USERINFO = re.compile(r"([A-Za-z][\w+.-]*://[^\s/@:]*:)[^\s@]+@")
+
+
+def scrub_text(text: str, secrets: list[str] | None = None) -> str:
+    """Mask URL passwords and the given secret values anywhere in ``text``."""
+    text = _USERINFO.sub(r"\1***@", text)
+    for secret in secrets or ():
+        text = text.replace(secret, "***")
+    return text
+
+
 class Session:
     """One command invocation: the open store and the secrets that must never be printed."""
 
@@ -93,10 +107,7 @@ class Session:
         self.store: Store = inventory.open_cli_store(url, options)
 
     def scrub(self, text: str) -> str:
-        text = redact_url(text)
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
+        return scrub_text(text, self.secrets)
 
     def emit_json(self, data: Any) -> None:
         typer.echo(self.scrub(json.dumps(data, indent=2, ensure_ascii=False, default=str)))
@@ -131,7 +142,7 @@ def _run(
 ) -> T:
     """Open the session, run the command, and turn errors into one line + exit status 2."""
     session: Session | None = None
-    scrub: Callable[[str], str] = redact_url
+    scrub: Callable[[str], str] = scrub_text
     try:
         session = Session(url, option_pairs, as_json)
         scrub = session.scrub
