@@ -211,7 +211,8 @@ def run(
         store: URL or :class:`Store`; default env ``CKPT_STORE``, else ``./.ckpt``.
         namespace: separates pipelines sharing a store; default env ``CKPT_NAMESPACE`` or
             ``"default"``.
-        attempt, max_attempts: recorded in each checkpoint's header.
+        attempt: 1-based attempt number, recorded in each checkpoint's header.
+        max_attempts: how many attempts the orchestrator allows (informational).
         run_id: id of this attempt (default: random).
         manager: an existing :class:`CheckpointManager` instead of ``store``/options.
         retention: override the manager's retention for this run's ``finish``.

@@ -8,7 +8,7 @@ f-string.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -90,3 +90,18 @@ def keep_slashes(original: str, rebuilt: str) -> str:
     if sep and not rebuilt.startswith(scheme + "://") and rebuilt.startswith(scheme + ":"):
         return f"{scheme}://{rebuilt[len(scheme) + 1 :]}"
     return rebuilt
+
+
+_USERINFO = re.compile(r"([A-Za-z][\w+.-]*://[^\s/@:]*:)[^\s@]+@")
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """Mask URL passwords (``scheme://user:pass@``) and the given secret values in free text.
+
+    For error messages and log lines, where :func:`redact_url` would re-encode the whole text.
+    """
+    text = _USERINFO.sub(r"\1***@", text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text

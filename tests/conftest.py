@@ -44,3 +44,15 @@ def store(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[Store]:
         yield s
     finally:
         s.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the orchestrator integration tests last.
+
+    Prefect's test harness leaves its at-fork handlers in the process, and after them a plain
+    ``fork`` child fails CPython's ``threading._shutdown`` assertion on exit (exit code 1 after
+    its work succeeded). The fork-safety tests of the stores fork on purpose, so they run before
+    any orchestrator is imported; a real user process forks either with or without Prefect
+    loaded, never both in one test session.
+    """
+    items.sort(key=lambda item: "/integration/" in str(item.fspath))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import ckpt_core as ckpt
-from ckpt_core.redact import is_secret_name, redact_options, redact_url
+from ckpt_core.redact import is_secret_name, redact_options, redact_text, redact_url
 
 SECRET = "hunter2"
 
@@ -91,3 +91,10 @@ def test_redact_url_keeps_unix_socket_slashes() -> None:
     assert redact_url("unix:///run/redis.sock?password=hunter2") == (
         "unix:///run/redis.sock?password=***"
     )
+
+
+def test_redact_text_masks_url_passwords_and_secrets_without_reencoding() -> None:
+    text = 'GET s3://b/k?encoding-type=url" failed for redis://u:hunter2@h:6379/0, key S3CRET'
+    out = redact_text(text, ["S3CRET"])
+    assert "hunter2" not in out and "S3CRET" not in out
+    assert 'encoding-type=url"' in out and "redis://u:***@h:6379/0" in out

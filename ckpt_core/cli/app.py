@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import keys
 from ..envelope import open_record, read_header
 from ..errors import CheckpointCorrupted, CheckpointError, StoreConfigError
-from ..redact import redact_url
+from ..redact import redact_text, redact_url
 from ..stores.base import Store
 from . import inventory, render
 from .inventory import Entry
@@ -81,15 +80,6 @@ SigningKey = Annotated[
 
 #: ``scheme://user:password@`` inside free text (messages are not URLs: never feed them whole to
 #: ``redact_url``, which would re-encode everything after a ``?``).
-_USERINFO = re.compile(r"([A-Za-z][\w+.-]*://[^\s/@:]*:)[^\s@]+@")
-
-
-def scrub_text(text: str, secrets: list[str] | None = None) -> str:
-    """Mask URL passwords and the given secret values anywhere in ``text``."""
-    text = _USERINFO.sub(r"\1***@", text)
-    for secret in secrets or ():
-        text = text.replace(secret, "***")
-    return text
 
 
 class Session:
@@ -107,7 +97,7 @@ class Session:
         self.store: Store = inventory.open_cli_store(url, options)
 
     def scrub(self, text: str) -> str:
-        return scrub_text(text, self.secrets)
+        return redact_text(text, self.secrets)
 
     def emit_json(self, data: Any) -> None:
         typer.echo(self.scrub(json.dumps(data, indent=2, ensure_ascii=False, default=str)))
@@ -142,7 +132,7 @@ def _run(
 ) -> T:
     """Open the session, run the command, and turn errors into one line + exit status 2."""
     session: Session | None = None
-    scrub: Callable[[str], str] = scrub_text
+    scrub: Callable[[str], str] = redact_text
     try:
         session = Session(url, option_pairs, as_json)
         scrub = session.scrub

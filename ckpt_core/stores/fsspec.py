@@ -34,7 +34,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import CheckpointError, StoreConfigError, StoreUnavailable
-from ..redact import is_secret_name, redact_url
+from ..redact import is_secret_name, redact_text, redact_url
 from ..serde.base import Buffer
 from .base import (
     BlockingStore,
@@ -505,10 +505,7 @@ class FsspecStore(BlockingStore):
         return self._files.fs if isinstance(self._files, _RemoteFiles) else None
 
     def _scrub(self, text: str) -> str:
-        text = redact_url(text)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return redact_text(text, self._secrets)
 
     @contextlib.contextmanager
     def _errors(self, action: str, key: str) -> Iterator[None]:
