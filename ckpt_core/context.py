@@ -103,7 +103,32 @@ def deactivate(token: contextvars.Token[ActiveRun | None]) -> None:
 
 
 class Run:
-    """Context manager for one attempt of a plain-Python pipeline; see :func:`run`."""
+    """Run a block as one attempt of the job ``correlation_id``; ``@checkpointed`` calls inside
+    save and resume there.
+
+    Args:
+        correlation_id: the logical job (``"nightly-2026-11-22"``); attempts with the same id
+            resume from each other. Default: env ``CKPT_CORRELATION_ID``, else a fresh id (no
+            resume across attempts).
+        store: URL or :class:`Store`; default env ``CKPT_STORE``, else ``./.ckpt``.
+        namespace: separates pipelines sharing a store; default env ``CKPT_NAMESPACE`` or
+            ``"default"``.
+        attempt: 1-based attempt number, recorded in each checkpoint's header.
+        max_attempts: how many attempts the orchestrator allows (informational).
+        run_id: id of this attempt (default: random).
+        manager: an existing :class:`CheckpointManager` instead of ``store``/options.
+        retention: override the manager's retention for this run's ``finish``.
+        **manager_options: ``codec=``, ``allow_pickle=``, ``signing_key=``, store options...
+
+    Example:
+        >>> import ckpt_core as ckpt
+        >>> @ckpt.checkpointed
+        ... def double(x):
+        ...     return 2 * x
+        >>> with ckpt.run("doc-example", store="memory://doctest"):
+        ...     double(21)
+        42
+    """
 
     def __init__(
         self,
@@ -189,52 +214,5 @@ class Run:
                 await self.manager.aclose()
 
 
-def run(
-    correlation_id: str | None = None,
-    *,
-    store: Store | str | None = None,
-    namespace: str | None = None,
-    attempt: int = 1,
-    max_attempts: int | None = None,
-    run_id: str | None = None,
-    manager: CheckpointManager | None = None,
-    retention: Retention | None = None,
-    **manager_options: Any,
-) -> Run:
-    """Run a block as one attempt of the job ``correlation_id``; ``@checkpointed`` calls inside
-    save and resume there.
-
-    Args:
-        correlation_id: the logical job (``"nightly-2026-11-22"``); attempts with the same id
-            resume from each other. Default: env ``CKPT_CORRELATION_ID``, else a fresh id (no
-            resume across attempts).
-        store: URL or :class:`Store`; default env ``CKPT_STORE``, else ``./.ckpt``.
-        namespace: separates pipelines sharing a store; default env ``CKPT_NAMESPACE`` or
-            ``"default"``.
-        attempt: 1-based attempt number, recorded in each checkpoint's header.
-        max_attempts: how many attempts the orchestrator allows (informational).
-        run_id: id of this attempt (default: random).
-        manager: an existing :class:`CheckpointManager` instead of ``store``/options.
-        retention: override the manager's retention for this run's ``finish``.
-        **manager_options: ``codec=``, ``allow_pickle=``, ``signing_key=``, store options...
-
-    Example:
-        >>> import ckpt_core as ckpt
-        >>> @ckpt.checkpointed
-        ... def double(x):
-        ...     return 2 * x
-        >>> with ckpt.run("doc-example", store="memory://doctest"):
-        ...     double(21)
-        42
-    """
-    return Run(
-        correlation_id,
-        store=store,
-        namespace=namespace,
-        attempt=attempt,
-        max_attempts=max_attempts,
-        run_id=run_id,
-        manager=manager,
-        retention=retention,
-        **manager_options,
-    )
+#: ``ckpt_core.run(...)`` reads as a verb; it is the :class:`Run` context manager.
+run = Run

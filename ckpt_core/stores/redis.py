@@ -50,7 +50,7 @@ import redis.retry
 
 from ..errors import CheckpointCorrupted, CheckpointError, StoreConfigError, StoreUnavailable
 from ..keys import escape_glob
-from ..redact import is_secret_name, keep_slashes, redact_url
+from ..redact import is_secret_name, keep_slashes, redact_text, redact_url
 from ..serde.base import Buffer
 from .base import (
     Data,
@@ -598,10 +598,7 @@ class RedisStore(Store):
 
     # -- errors --------------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
-        text = redact_url(text)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return redact_text(text, self._secrets)
 
     @contextlib.contextmanager
     def _errors(self, action: str, key: str) -> Iterator[None]:

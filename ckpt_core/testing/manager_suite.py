@@ -16,7 +16,7 @@ import datetime
 import logging
 import threading
 import tracemalloc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import pydantic
@@ -39,8 +39,9 @@ from ..serde.base import Encoded
 from ..stores.base import Store, validate_key
 from ..types import CheckpointInfo, RunContext, Scope
 from .faulty import FaultyStore
+from .fixtures import TwinFixtures
 from .store_suite import TRICKY_IDS
-from .twins import MODES, Mode, Twins, twin_mismatches
+from .twins import Twins, twin_mismatches
 
 # -- values every codec must carry ----------------------------------------------------------------
 
@@ -281,7 +282,7 @@ def _reforge(data: bytes, key: str, payload: bytes | None = None, **header: Any)
     return Record(new_header, [payload], b"forged-without-the-key").to_bytes()
 
 
-class ManagerConformance:
+class ManagerConformance(TwinFixtures):
     """DESIGN.md's manager contract and invariants, over the subclass's store.
 
     Required from the subclass: a ``store`` fixture yielding a fresh, empty :class:`Store`.
@@ -295,23 +296,6 @@ class ManagerConformance:
     signing_key = "conformance-signing-key-must-not-leak"
 
     # -- fixtures ---------------------------------------------------------------------------------
-    @pytest.fixture(params=MODES)
-    def mode(self, request: pytest.FixtureRequest) -> Mode:
-        """``sync``: call ``manager.op``; ``async``: run ``manager.aop`` on the test's loop."""
-        return request.param  # type: ignore[no-any-return]
-
-    @pytest.fixture
-    def twins(self, mode: Mode, store: Store) -> Iterator[Twins]:
-        """This test's flavour and event loop. In async mode, ``store.aclose()`` is awaited on
-        that loop before it ends (async clients must close on the loop they were bound to)."""
-        t = Twins(mode)
-        try:
-            yield t
-            if t.mode == "async":
-                t.run(store.aclose())
-        finally:
-            t.close()
-
     @pytest.fixture
     def manager(self, store: Store) -> CheckpointManager:
         return self.make_manager(store)

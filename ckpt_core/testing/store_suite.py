@@ -13,7 +13,7 @@ import random
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -24,7 +24,8 @@ from ..errors import CheckpointError, InvalidKey
 from ..redact import is_secret_name
 from ..stores.base import ObjectInfo, Store
 from .faulty import FaultyStore
-from .twins import MODES, ChunkedPayload, GeneratedPayload, Mode, Twins
+from .fixtures import TwinFixtures
+from .twins import ChunkedPayload, GeneratedPayload, Twins
 
 #: Ids that look alike once careless code turns them into paths or patterns. Encoded with
 #: :func:`ckpt_core.keys.encode_component`, each must be its own key component, and deleting the
@@ -95,7 +96,7 @@ def _keys(infos: list[ObjectInfo]) -> list[str]:
     return sorted(info.key for info in infos)
 
 
-class StoreConformance:
+class StoreConformance(TwinFixtures):
     """The store contract (:mod:`ckpt_core.stores.base`), as tests.
 
     Required from the subclass: a ``store`` fixture yielding a fresh, empty :class:`Store`.
@@ -118,23 +119,6 @@ class StoreConformance:
     ttl_deadline: float = 30.0
 
     # -- fixtures ---------------------------------------------------------------------------------
-    @pytest.fixture(params=MODES)
-    def mode(self, request: pytest.FixtureRequest) -> Mode:
-        """``sync``: call ``store.op``; ``async``: run ``store.aop`` on the test's loop."""
-        return request.param  # type: ignore[no-any-return]
-
-    @pytest.fixture
-    def twins(self, mode: Mode, store: Store) -> Iterator[Twins]:
-        """This test's flavour and event loop. In async mode, ``store.aclose()`` is awaited on
-        that loop before it ends (async clients must close on the loop they were bound to)."""
-        t = Twins(mode)
-        try:
-            yield t
-            if t.mode == "async":
-                t.run(store.aclose())
-        finally:
-            t.close()
-
     @pytest.fixture
     def ops(self, twins: Twins, store: Store) -> Any:
         """The store under test, in this test's flavour: ``ops.put(key, data)``."""
