@@ -301,7 +301,8 @@ def test_a_part_size_below_the_s3_minimum_is_refused() -> None:
 
 
 def test_a_missing_filesystem_package_names_the_extra() -> None:
-    pytest.importorskip("fsspec")
+    import fsspec  # noqa: F401 - a core dependency
+
     try:
         import gcsfs  # noqa: F401
     except ImportError:
