@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test docs lint typecheck unit clean
+.PHONY: demo test docs bench faults lint typecheck unit clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,9 +23,16 @@ demo: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m benchmarks --json bench-results.json --plots docs/img
+
+faults: $(STAMP)
+	$(BIN)/python -m faults
+
 lint: $(STAMP)
-	$(BIN)/ruff check ckpt_core integrations tests examples benchmarks
-	$(BIN)/ruff format --check ckpt_core integrations tests examples benchmarks
+	$(BIN)/ruff check ckpt_core integrations tests examples benchmarks faults
+	$(BIN)/ruff format --check ckpt_core integrations tests examples benchmarks faults
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -45,8 +45,10 @@ def _child(name: str, args: argparse.Namespace) -> list[Row]:
         proc = subprocess.run(cmd, timeout=limit, stdout=sys.stderr, stderr=sys.stderr)
         if proc.returncode != 0 or not out.stat().st_size:
             return [not_run(f"{name} (all scenarios)", "-", f"group exited {proc.returncode}")]
-        return [Row(**{**r, "spread": tuple(r["spread"]) if r["spread"] else None})
-                for r in json.loads(out.read_text())]
+        return [
+            Row(**{**r, "spread": tuple(r["spread"]) if r["spread"] else None})
+            for r in json.loads(out.read_text())
+        ]
     except subprocess.TimeoutExpired:
         return [not_run(f"{name} (all scenarios)", "-", f"group exceeded {limit} s")]
     finally:

@@ -11,8 +11,6 @@ The jobs live at module level so ``reconstructable`` can rebuild them; the in-pr
 keeps every op in this process, so the failure switch is a plain global.
 """
 
-
-
 import logging
 import os
 import shutil
@@ -100,7 +98,7 @@ def run(cfg: Config) -> list[Row]:
     (scratch / "home").mkdir()
     try:
         with DagsterInstance.local_temp(str(scratch / "home"), overrides=overrides) as instance:
-            return _overhead(cfg, scratch, instance) + [_resume(cfg, instance)]
+            return [*_overhead(cfg, scratch, instance), _resume(cfg, instance)]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -109,11 +107,13 @@ def _overhead(cfg: Config, scratch: Path, instance: Any) -> list[Row]:
     n = cfg.pick(200, 20)
     chain = chain_graph(n)
     ckpt_job = chain.to_job(
-        name="chain_ckpt", executor_def=in_process_executor,
+        name="chain_ckpt",
+        executor_def=in_process_executor,
         resource_defs={"io_manager": CheckpointIOManager(url=str(scratch / "ckpt"))},
     )
     fs_job = chain.to_job(
-        name="chain_fs", executor_def=in_process_executor,
+        name="chain_fs",
+        executor_def=in_process_executor,
         resource_defs={"io_manager": FilesystemIOManager(base_dir=str(scratch / "fs"))},
     )
 
@@ -127,9 +127,14 @@ def _overhead(cfg: Config, scratch: Path, instance: Any) -> list[Row]:
 
         return go
 
-    return [row_from_times(f"dagster {n} ops: per-op, CheckpointIOManager vs FilesystemIOManager",
-                           *interleave(timed(ckpt_job), timed(fs_job), cfg.pick(3, 2)), "<= 1.0",
-                           per=n)]
+    return [
+        row_from_times(
+            f"dagster {n} ops: per-op, CheckpointIOManager vs FilesystemIOManager",
+            *interleave(timed(ckpt_job), timed(fs_job), cfg.pick(3, 2)),
+            "<= 1.0",
+            per=n,
+        )
+    ]
 
 
 def _resume(cfg: Config, instance: Any) -> Row:
@@ -157,5 +162,8 @@ def _resume(cfg: Config, instance: Any) -> Row:
             assert result.success
         return seconds
 
-    return row_from_times(f"resume dagster: re-execution vs full recompute ({STEPS} x 20 ms)",
-                          *interleave(retry, full, cfg.pick(3, 2)), "report")
+    return row_from_times(
+        f"resume dagster: re-execution vs full recompute ({STEPS} x 20 ms)",
+        *interleave(retry, full, cfg.pick(3, 2)),
+        "report",
+    )

@@ -92,10 +92,19 @@ def small(cfg: Config, root: Path) -> list[Row]:
     if mgr.load(ctx, "node-0") != RECORD:  # measure the real thing, not a miss path
         raise RuntimeError("ckpt returned a different record than it saved")
     size = len(json.dumps(RECORD))
-    rows = [row_from_times(f"local 1 KiB JSON save ({size} B, fsync)",
-                           *interleave(ckpt_save, raw_save, cfg.reps), "<= 1.3", per=n)]
-    rows.append(row_from_times("local 1 KiB JSON load",
-                               *interleave(ckpt_load, raw_load, cfg.reps), "<= 1.5", per=n))
+    rows = [
+        row_from_times(
+            f"local 1 KiB JSON save ({size} B, fsync)",
+            *interleave(ckpt_save, raw_save, cfg.reps),
+            "<= 1.3",
+            per=n,
+        )
+    ]
+    rows.append(
+        row_from_times(
+            "local 1 KiB JSON load", *interleave(ckpt_load, raw_load, cfg.reps), "<= 1.5", per=n
+        )
+    )
     return rows
 
 
@@ -158,7 +167,10 @@ def _run_child(kind: str, op: str, impl: str, size: int, directory: str) -> dict
     )
     out = subprocess.run(
         [sys.executable, "-c", code, kind, op, impl, str(size), directory],
-        check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -178,21 +190,37 @@ def large(cfg: Config, root: Path) -> list[Row]:
             for op in ("save", "load"):
                 for impl in order:
                     res.setdefault((op, impl), []).append(
-                        _run_child(kind, op, impl, size, dirs[impl]))
+                        _run_child(kind, op, impl, size, dirs[impl])
+                    )
         for op in ("save", "load"):
             mine = [r["seconds"] for r in res[(op, "ckpt")]]
             theirs = [r["seconds"] for r in res[(op, "raw")]]
-            rows.append(row_from_times(f"local {label} {kind} {op} throughput", mine, theirs,
-                                       ">= 0.9", throughput_bytes=size))
+            rows.append(
+                row_from_times(
+                    f"local {label} {kind} {op} throughput",
+                    mine,
+                    theirs,
+                    ">= 0.9",
+                    throughput_bytes=size,
+                )
+            )
             rss_mine = sorted(r["rss_growth"] for r in res[(op, "ckpt")])
             rss_ref = sorted(r["rss_growth"] for r in res[(op, "raw")])
             med_m, med_r = rss_mine[len(rss_mine) // 2], rss_ref[len(rss_ref) // 2]
-            rows.append(Row(
-                f"local {label} {kind} {op} peak RSS growth", med_m, med_r,
-                med_m / med_r if med_r else None, "ckpt <= 1.1x", med_m <= 1.1, "x payload",
-                (rss_mine[0], rss_mine[-1]), len(rss_mine),
-                note="target on ckpt's own growth; reference shown for scale",
-            ))
+            rows.append(
+                Row(
+                    f"local {label} {kind} {op} peak RSS growth",
+                    med_m,
+                    med_r,
+                    med_m / med_r if med_r else None,
+                    "ckpt <= 1.1x",
+                    med_m <= 1.1,
+                    "x payload",
+                    (rss_mine[0], rss_mine[-1]),
+                    len(rss_mine),
+                    note="target on ckpt's own growth; reference shown for scale",
+                )
+            )
         for d in dirs.values():
             shutil.rmtree(d, ignore_errors=True)
     return rows

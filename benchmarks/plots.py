@@ -27,14 +27,28 @@ def plot_all(rows: Sequence[Row], out: Path) -> list[Path]:
         backends = sorted({r.extra["backend"] for r in curves})
         fig, axes = plt.subplots(1, len(backends), figsize=(6 * len(backends), 4.2), squeeze=False)
         for ax, backend in zip(axes[0], backends, strict=True):
-            for r, color in zip([r for r in curves if r.extra["backend"] == backend],
-                                ("tab:blue", "tab:orange", "tab:green"), strict=False):
+            for r, color in zip(
+                [r for r in curves if r.extra["backend"] == backend],
+                ("tab:blue", "tab:orange", "tab:green"),
+                strict=False,
+            ):
                 pts = r.extra["curve"]
                 ns = [p["n"] for p in pts]
-                ax.plot(ns, [p["ckpt_s_per_record"] * 1e6 for p in pts], "o-", color=color,
-                        label=f"ckpt {r.extra['op']}")
-                ax.plot(ns, [p["ref_s_per_record"] * 1e6 for p in pts], "s--", color=color,
-                        alpha=0.6, label=f"raw {r.extra['op']}")
+                ax.plot(
+                    ns,
+                    [p["ckpt_s_per_record"] * 1e6 for p in pts],
+                    "o-",
+                    color=color,
+                    label=f"ckpt {r.extra['op']}",
+                )
+                ax.plot(
+                    ns,
+                    [p["ref_s_per_record"] * 1e6 for p in pts],
+                    "s--",
+                    color=color,
+                    alpha=0.6,
+                    label=f"raw {r.extra['op']}",
+                )
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("records in one correlation")
@@ -55,10 +69,15 @@ def plot_all(rows: Sequence[Row], out: Path) -> list[Path]:
             pts = sorted((r.extra["size"], r.ckpt, r.reference) for r in tp if r.extra["op"] == op)
             if not pts:
                 continue
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color,
-                    label=f"ckpt {op}")
-            ax.plot([p[0] for p in pts], [p[2] for p in pts], "s--", color=color, alpha=0.6,
-                    label=f"raw {op}")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, label=f"ckpt {op}")
+            ax.plot(
+                [p[0] for p in pts],
+                [p[2] for p in pts],
+                "s--",
+                color=color,
+                alpha=0.6,
+                label=f"raw {op}",
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("payload bytes")
@@ -79,8 +98,9 @@ def main(argv: list[str]) -> int:
         print("usage: python -m benchmarks.plots bench-results.json OUT_DIR", file=sys.stderr)
         return 2
     doc = json.loads(Path(argv[0]).read_text())
-    rows = [Row(**{**r, "spread": tuple(r["spread"]) if r["spread"] else None})
-            for r in doc["rows"]]
+    rows = [
+        Row(**{**r, "spread": tuple(r["spread"]) if r["spread"] else None}) for r in doc["rows"]
+    ]
     for path in plot_all(rows, Path(argv[1])):
         print(path)
     return 0

@@ -38,9 +38,20 @@ def _setup_env(scratch: Path) -> None:
     # The test server shares the 2 cores with the flows. Services that only feed the UI (task
     # run history, event triggers, schedulers) would otherwise make every number mostly server
     # load; both sides run against the same trimmed server, so the ratios stay fair.
-    for service in ("TASK_RUN_RECORDER", "TRIGGERS", "SCHEDULER", "LATE_RUNS", "FOREMAN",
-                    "PAUSE_EXPIRATIONS", "CANCELLATION_CLEANUP", "EVENT_PERSISTER",
-                    "REPOSSESSOR", "PROACTIVE_TRIGGERS", "ACTIONS", "EVENT_LOGGER"):
+    for service in (
+        "TASK_RUN_RECORDER",
+        "TRIGGERS",
+        "SCHEDULER",
+        "LATE_RUNS",
+        "FOREMAN",
+        "PAUSE_EXPIRATIONS",
+        "CANCELLATION_CLEANUP",
+        "EVENT_PERSISTER",
+        "REPOSSESSOR",
+        "PROACTIVE_TRIGGERS",
+        "ACTIONS",
+        "EVENT_LOGGER",
+    ):
         os.environ[f"PREFECT_SERVER_SERVICES_{service}_ENABLED"] = "false"
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
@@ -77,8 +88,13 @@ def _measure(cfg: Config, scratch: Path) -> list[Row]:
         return i + 1
 
     ckpt_task = task(trivial, name="t-ckpt", cache_policy=RESUME, persist_result=True)
-    slug_task = task(trivial, name="t-slug", cache_policy=RESUME, persist_result=True,
-                     result_storage="ckpt-storage/bench")
+    slug_task = task(
+        trivial,
+        name="t-slug",
+        cache_policy=RESUME,
+        persist_result=True,
+        result_storage="ckpt-storage/bench",
+    )
     lfs_task = task(trivial, name="t-lfs", persist_result=True)
     none_task = task(trivial, name="t-none", persist_result=False, cache_policy=NO_CACHE)
 
@@ -113,18 +129,39 @@ def _measure(cfg: Config, scratch: Path) -> list[Row]:
     # rotates each round) and each is compared with the LocalFileSystem run of the same round.
     times: dict[str, list[float]] = {name: [] for name in flows}
     order = list(flows)
-    for r in range(cfg.pick(2, 2)):
+    for r in range(cfg.pick(3, 2)):
         for name in order[r % 4 :] + order[: r % 4]:
             t = clock()
             flows[name](n)
             times[name].append(clock() - t)
     lfs = times["lfs"]
-    rows = [row_from_times(f"prefect {n} tasks: per-task, ckpt recommended vs LocalFileSystem",
-                           times["ckpt"], lfs, "<= 1.1", per=n)]
-    rows.append(row_from_times(f"prefect {n} tasks: per-task, ckpt slug on @task vs LocalFileSystem",
-                               times["slug"], lfs, "report", per=n))
-    rows.append(row_from_times(f"prefect {n} tasks: per-task, no persistence vs LocalFileSystem",
-                               times["none"], lfs, "report", per=n))
+    rows = [
+        row_from_times(
+            f"prefect {n} tasks: per-task, ckpt recommended vs LocalFileSystem",
+            times["ckpt"],
+            lfs,
+            "<= 1.1",
+            per=n,
+        )
+    ]
+    rows.append(
+        row_from_times(
+            f"prefect {n} tasks: per-task, ckpt slug on @task vs LocalFileSystem",
+            times["slug"],
+            lfs,
+            "report",
+            per=n,
+        )
+    )
+    rows.append(
+        row_from_times(
+            f"prefect {n} tasks: per-task, no persistence vs LocalFileSystem",
+            times["none"],
+            lfs,
+            "report",
+            per=n,
+        )
+    )
     rows.append(_resume(cfg, ckpt_storage))
     return rows
 
@@ -171,5 +208,8 @@ def _resume(cfg: Config, storage: Any) -> Row:
         recompute()
         return clock() - t
 
-    return row_from_times(f"resume prefect: retry vs full recompute ({STEPS} x 20 ms)",
-                          *interleave(retry, full, 2), "report")
+    return row_from_times(
+        f"resume prefect: retry vs full recompute ({STEPS} x 20 ms)",
+        *interleave(retry, full, 2),
+        "report",
+    )

@@ -70,10 +70,16 @@ def run(cfg: Config) -> list[Row]:
                 json.loads(client.get(key))
             return clock() - t
 
-        rows.append(row_from_times("redis 1 KiB JSON save",
-                                   *interleave(ckpt_save, raw_save, cfg.reps), "<= 1.3", per=n))
-        rows.append(row_from_times("redis 1 KiB JSON load",
-                                   *interleave(ckpt_load, raw_load, cfg.reps), "<= 1.3", per=n))
+        rows.append(
+            row_from_times(
+                "redis 1 KiB JSON save", *interleave(ckpt_save, raw_save, cfg.reps), "<= 1.3", per=n
+            )
+        )
+        rows.append(
+            row_from_times(
+                "redis 1 KiB JSON load", *interleave(ckpt_load, raw_load, cfg.reps), "<= 1.3", per=n
+            )
+        )
 
         size = cfg.pick(256 << 20, 16 << 20)
         payload = b"\x5a" * size
@@ -105,12 +111,22 @@ def run(cfg: Config) -> list[Row]:
 
         reps = max(3, cfg.reps - 2)
         label = f"{size >> 20} MiB"
-        rows.append(row_from_times(f"redis {label} chunked save throughput",
-                                   *interleave(ckpt_big_save, raw_big_save, reps), ">= 0.8",
-                                   throughput_bytes=size))
-        rows.append(row_from_times(f"redis {label} chunked load throughput",
-                                   *interleave(ckpt_big_load, raw_big_load, reps), ">= 0.8",
-                                   throughput_bytes=size))
+        rows.append(
+            row_from_times(
+                f"redis {label} chunked save throughput",
+                *interleave(ckpt_big_save, raw_big_save, reps),
+                ">= 0.8",
+                throughput_bytes=size,
+            )
+        )
+        rows.append(
+            row_from_times(
+                f"redis {label} chunked load throughput",
+                *interleave(ckpt_big_load, raw_big_load, reps),
+                ">= 0.8",
+                throughput_bytes=size,
+            )
+        )
     finally:
         _clear(client, f"{prefix}*")
         store.close()

@@ -90,7 +90,12 @@ def run(cfg: Config) -> list[Row]:
 
     try:
         reps = cfg.pick(cfg.reps, 2)
-        return [row_from_times(f"resume decorator: retry vs full recompute ({STEPS} x 20 ms)",
-                               *interleave(retry, recompute, reps), "report")]
+        return [
+            row_from_times(
+                f"resume decorator: retry vs full recompute ({STEPS} x 20 ms)",
+                *interleave(retry, recompute, reps),
+                "report",
+            )
+        ]
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -66,10 +66,12 @@ def run(cfg: Config) -> list[Row]:
             return clock() - t
 
         rows = [
-            row_from_times("s3 1 KiB JSON save",
-                           *interleave(ckpt_save, raw_save, cfg.reps), "<= 1.3", per=n),
-            row_from_times("s3 1 KiB JSON load",
-                           *interleave(ckpt_load, raw_load, cfg.reps), "<= 1.3", per=n),
+            row_from_times(
+                "s3 1 KiB JSON save", *interleave(ckpt_save, raw_save, cfg.reps), "<= 1.3", per=n
+            ),
+            row_from_times(
+                "s3 1 KiB JSON load", *interleave(ckpt_load, raw_load, cfg.reps), "<= 1.3", per=n
+            ),
         ]
 
         total = cfg.pick(1000, 100)
@@ -94,9 +96,13 @@ def run(cfg: Config) -> list[Row]:
             assert len(found) == done
             return seconds
 
-        rows.append(row_from_times(f"s3 which of {total:,} nodes are done (list vs exists)",
-                                   *interleave(ckpt_which, raw_which, max(3, cfg.reps - 2)),
-                                   "report"))
+        rows.append(
+            row_from_times(
+                f"s3 which of {total:,} nodes are done (list vs exists)",
+                *interleave(ckpt_which, raw_which, max(3, cfg.reps - 2)),
+                "report",
+            )
+        )
         return rows
     finally:
         server.stop()

@@ -300,6 +300,39 @@ def test_chunked_layout_and_overwrites_leave_no_stale_chunks(
     assert raw_keys(raw, store) == []
 
 
+def _kill_after_the_swap(store: RedisStore, plan: Any) -> None:
+    """Run ``plan`` up to and including its MULTI/EXEC, then abandon it, as a writer killed
+    before its follow-up UNLINK of the old chunks would."""
+    batch = next(plan)
+    while True:
+        results = store._execute(batch)
+        if batch.transaction:
+            plan.close()
+            return
+        batch = plan.send(results)
+
+
+@pytest.mark.parametrize("replacement", ["chunked", "small", "delete"])
+def test_a_writer_killed_after_the_swap_leaves_no_chunks_without_a_ttl(
+    redis_store_factory: Factory, raw: Any, replacement: str
+) -> None:
+    """The old generation's chunks get a TTL inside the swap transaction itself, so a writer
+    killed before its UNLINK cannot leak them forever (found by the crash harness)."""
+    store = redis_store_factory(chunk_size=100)
+    store.put("ns/k", b"o" * 1000)
+    old_chunks = chunk_keys(raw, store, "ns/k")
+    assert len(old_chunks) == 10 and all(raw.pttl(k) == -1 for k in old_chunks)
+    if replacement == "delete":
+        plan = store._delete_plan("ns/k")
+    else:
+        plan = store._put_plan("ns/k", b"n" * (700 if replacement == "chunked" else 50))
+    _kill_after_the_swap(store, plan)
+    for key in old_chunks:
+        assert 0 < raw.pttl(key) <= STAGING_TTL_MS, key
+    if replacement != "delete":
+        assert bytes(store.get("ns/k")) == b"n" * (700 if replacement == "chunked" else 50)
+
+
 def test_get_first_finds_a_chunked_record(redis_store_factory: Factory) -> None:
     store = redis_store_factory(chunk_size=100)
     store.put("ns/second", b"s" * 1000)

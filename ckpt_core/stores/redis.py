@@ -342,15 +342,16 @@ class RedisStore(Store):
                 return
             replaced = yield _Batch(
                 (
+                    self._expire_old_chunks(rkey),
                     _Cmd("hgetall", (rkey,)),
                     _Cmd("delete", (rkey,)),
                     _Cmd("set", (rkey, value), ttl),
                 ),
                 transaction=True,
             )
-            for result in replaced[1:]:
+            for result in (replaced[0], *replaced[2:]):
                 _ok(result)
-            yield from self._drop_chunks(rkey, self._manifest(replaced[0], rkey), None)
+            yield from self._drop_chunks(rkey, self._manifest(replaced[1], rkey), None)
             return
         yield from self._put_chunked_plan(key, rkey, data)
 
@@ -374,6 +375,7 @@ class RedisStore(Store):
                 _ok(result)
         manifest = {b"gen": gen, b"n": count, b"size": written}
         commit = [
+            self._expire_old_chunks(rkey),
             _Cmd("hgetall", (rkey,)),
             _Cmd("delete", (rkey,)),
             _Cmd("hset", (rkey,), {"mapping": manifest}),
@@ -386,9 +388,9 @@ class RedisStore(Store):
                 _Cmd("pexpire", (ck, self._ttl_ms)) if self._ttl_ms else _Cmd("persist", (ck,))
             )
         results = yield _Batch(tuple(commit), transaction=True)
-        for result in results[1:]:
+        for result in (results[0], *results[2:]):
             _ok(result)
-        old = results[0] if not _is_wrongtype(results[0]) else None
+        old = results[1] if not _is_wrongtype(results[1]) else None
         yield from self._drop_chunks(rkey, self._manifest(old, rkey), gen)
         if count and not all(results[-count:]):
             # A chunk was gone before the manifest went in: a concurrent delete_prefix, an
@@ -401,6 +403,10 @@ class RedisStore(Store):
                 "maxmemory, or the upload took longer than the 15 min staging TTL). The key "
                 "now holds no record, never a partial one; retry the save"
             )
+
+    @staticmethod
+    def _expire_old_chunks(rkey: bytes) -> _Cmd:
+        return _Cmd("eval", (_EXPIRE_OLD_CHUNKS, 1, rkey, STAGING_TTL_MS, _SEP))
 
     def _drop_chunks(
         self, rkey: bytes, manifest: _Manifest | None, keep_gen: bytes | None
@@ -496,9 +502,11 @@ class RedisStore(Store):
 
     def _delete_plan(self, key: str) -> _Plan[None]:
         rkey = self._rkey(key)
-        raw, deleted = yield _Batch(
-            (_Cmd("hgetall", (rkey,)), _Cmd("delete", (rkey,))), transaction=True
+        expired, raw, deleted = yield _Batch(
+            (self._expire_old_chunks(rkey), _Cmd("hgetall", (rkey,)), _Cmd("delete", (rkey,))),
+            transaction=True,
         )
+        _ok(expired)
         _ok(deleted)
         if not _is_wrongtype(raw):
             yield from self._drop_chunks(rkey, self._manifest(_ok(raw), rkey), None)
@@ -723,6 +731,22 @@ def _first(keys: Iterable[str]) -> str:
 
 
 #: Delete a manifest only if it still points at the given generation (atomic, server-side).
+#: First command of every transaction that replaces or deletes a record: if the key holds a chunk
+#: manifest, its chunks get the staging TTL, atomically with the swap. The UNLINK that follows is
+#: only the fast path; a writer killed between the two can no longer leak chunks forever.
+_EXPIRE_OLD_CHUNKS = """
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then
+  local gen = redis.call('HGET', KEYS[1], 'gen')
+  local n = tonumber(redis.call('HGET', KEYS[1], 'n')) or 0
+  if gen then
+    for i = 0, n - 1 do
+      redis.call('PEXPIRE', KEYS[1] .. ARGV[2] .. gen .. ARGV[2] .. i, ARGV[1])
+    end
+  end
+end
+return 0
+"""
+
 _DELETE_IF_GEN = """
 if redis.call('HGET', KEYS[1], 'gen') == ARGV[1] then
   return redis.call('DEL', KEYS[1])
