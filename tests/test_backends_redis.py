@@ -25,6 +25,7 @@ from ckpt_core import CheckpointCorrupted, StoreConfigError, StoreUnavailable, o
 from ckpt_core.stores.redis import STAGING_TTL_MS, RedisStore
 from ckpt_core.testing.twins import ChunkedPayload, GeneratedPayload
 
+from .records import check_versioned, versioned
 from .servers import RedisServer
 
 Factory = Callable[..., RedisStore]
@@ -77,22 +78,6 @@ class RoundTrips:
     def take(self) -> int:
         n, self.count = self.count, 0
         return n
-
-
-def versioned(writer: int, version: int, size: int) -> bytes:
-    """A self-checking record: a header naming its writer, version and size, then filler."""
-    head = f"{writer}:{version}:{size}:".encode()
-    return head + bytes([(writer * 31 + version) % 251]) * (size - len(head))
-
-
-def check_versioned(data: bytes) -> str | None:
-    """``None`` if ``data`` is one whole record made by :func:`versioned`, else why not."""
-    try:
-        writer, version, size, _ = data.split(b":", 3)
-        expected = versioned(int(writer), int(version), int(size))
-    except ValueError:
-        return f"unparseable record head {data[:24]!r}"
-    return None if data == expected else f"torn record {data[:24]!r} ({len(data)} bytes)"
 
 
 # -- URLs and options ------------------------------------------------------------------------------

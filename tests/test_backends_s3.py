@@ -30,6 +30,7 @@ from ckpt_core import (
 )
 from ckpt_core.testing.twins import GeneratedPayload
 
+from .records import check_versioned, versioned
 from .servers import SeaweedServer
 
 Factory = Callable[..., FsspecStore]
@@ -73,20 +74,6 @@ def calls() -> Iterator[Callable[[FsspecStore], S3Calls]]:
     yield spy
     for spy_ in made:
         spy_.close()
-
-
-def versioned(writer: int, version: int, size: int) -> bytes:
-    head = f"{writer}:{version}:{size}:".encode()
-    return head + bytes([(writer * 31 + version) % 251]) * (size - len(head))
-
-
-def check_versioned(data: bytes) -> str | None:
-    try:
-        writer, version, size, _ = data.split(b":", 3)
-        expected = versioned(int(writer), int(version), int(size))
-    except ValueError:
-        return f"unparseable record head {data[:24]!r}"
-    return None if data == expected else f"torn record {data[:24]!r} ({len(data)} bytes)"
 
 
 # -- what users pass, what lands in the bucket -----------------------------------------------------
