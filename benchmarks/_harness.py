@@ -167,6 +167,18 @@ def clock() -> float:
     return time.perf_counter()
 
 
+def timed_each(op: Callable[[Any], object], items: Sequence[Any]) -> Callable[[], float]:
+    """A repetition for :func:`interleave`: apply ``op`` to every item, return the seconds."""
+
+    def repetition() -> float:
+        t = clock()
+        for item in items:
+            op(item)
+        return clock() - t
+
+    return repetition
+
+
 # -- output ------------------------------------------------------------------------------------
 def fmt_value(value: float | None, unit: str) -> str:
     if value is None:

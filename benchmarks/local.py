@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ._harness import Config, Row, clock, interleave, row_from_times
+from ._harness import Config, Row, clock, interleave, row_from_times, timed_each
 
 RECORD: dict[str, Any] = {
     "rows": [{"id": k, "name": f"item-{k:04d}", "score": k * 0.5} for k in range(24)]
@@ -63,30 +63,17 @@ def small(cfg: Config, root: Path) -> list[Row]:
     nodes = [f"node-{i}" for i in range(n)]
     paths = [str(raw_dir / name) for name in nodes]
 
-    def ckpt_save() -> float:
-        t = clock()
-        for node in nodes:
-            mgr.save(ctx, node, RECORD)
-        return clock() - t
+    ckpt_save = timed_each(lambda node: mgr.save(ctx, node, RECORD), nodes)
 
-    def raw_save() -> float:
-        t = clock()
-        for path in paths:
-            raw_write(path, [json.dumps(RECORD).encode()])
-        return clock() - t
+    raw_save = timed_each(lambda path: raw_write(path, [json.dumps(RECORD).encode()]), paths)
 
-    def ckpt_load() -> float:
-        t = clock()
-        for node in nodes:
-            mgr.load(ctx, node)
-        return clock() - t
+    ckpt_load = timed_each(lambda node: mgr.load(ctx, node), nodes)
 
-    def raw_load() -> float:
-        t = clock()
-        for path in paths:
-            with open(path, "rb") as f:
-                json.loads(f.read())
-        return clock() - t
+    def read_json(path: str) -> object:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+
+    raw_load = timed_each(read_json, paths)
 
     ckpt_save()
     if mgr.load(ctx, "node-0") != RECORD:  # measure the real thing, not a miss path

@@ -14,7 +14,7 @@ import json
 import os
 import uuid
 
-from ._harness import Config, Row, clock, interleave, not_run, row_from_times
+from ._harness import Config, Row, clock, interleave, not_run, row_from_times, timed_each
 from .local import RECORD
 
 URL = os.environ.get("CKPT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -45,30 +45,13 @@ def run(cfg: Config) -> list[Row]:
     raw_keys = [f"{prefix}-raw:{name}" for name in nodes]
     rows: list[Row] = []
     try:
+        ckpt_save = timed_each(lambda node: mgr.save(ctx, node, RECORD), nodes)
 
-        def ckpt_save() -> float:
-            t = clock()
-            for node in nodes:
-                mgr.save(ctx, node, RECORD)
-            return clock() - t
+        raw_save = timed_each(lambda key: client.set(key, json.dumps(RECORD).encode()), raw_keys)
 
-        def raw_save() -> float:
-            t = clock()
-            for key in raw_keys:
-                client.set(key, json.dumps(RECORD).encode())
-            return clock() - t
+        ckpt_load = timed_each(lambda node: mgr.load(ctx, node), nodes)
 
-        def ckpt_load() -> float:
-            t = clock()
-            for node in nodes:
-                mgr.load(ctx, node)
-            return clock() - t
-
-        def raw_load() -> float:
-            t = clock()
-            for key in raw_keys:
-                json.loads(client.get(key))
-            return clock() - t
+        raw_load = timed_each(lambda key: json.loads(client.get(key)), raw_keys)
 
         rows.append(
             row_from_times(

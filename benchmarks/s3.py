@@ -13,7 +13,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from ._harness import Config, Row, clock, interleave, not_run, row_from_times
+from ._harness import Config, Row, clock, interleave, not_run, row_from_times, timed_each
 from .local import RECORD
 
 
@@ -41,29 +41,13 @@ def run(cfg: Config) -> list[Row]:
         nodes = [f"node-{i}" for i in range(n)]
         paths = [f"{raw_root}/c1/{name}" for name in nodes]
 
-        def ckpt_save() -> float:
-            t = clock()
-            for node in nodes:
-                mgr.save(ctx, node, RECORD)
-            return clock() - t
+        ckpt_save = timed_each(lambda node: mgr.save(ctx, node, RECORD), nodes)
 
-        def raw_save() -> float:
-            t = clock()
-            for path in paths:
-                fs.pipe(path, json.dumps(RECORD).encode())
-            return clock() - t
+        raw_save = timed_each(lambda path: fs.pipe(path, json.dumps(RECORD).encode()), paths)
 
-        def ckpt_load() -> float:
-            t = clock()
-            for node in nodes:
-                mgr.load(ctx, node)
-            return clock() - t
+        ckpt_load = timed_each(lambda node: mgr.load(ctx, node), nodes)
 
-        def raw_load() -> float:
-            t = clock()
-            for path in paths:
-                json.loads(fs.cat(path))
-            return clock() - t
+        raw_load = timed_each(lambda path: json.loads(fs.cat(path)), paths)
 
         rows = [
             row_from_times(

@@ -50,16 +50,8 @@ def _servers_module() -> Iterator[Any]:
 
 
 def _redis_answers(url: str) -> bool:
-    import redis
-
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except redis.RedisError:
-        return False
+    with _servers_module() as servers:
+        return bool(servers.redis_answers(url))
 
 
 @contextlib.contextmanager

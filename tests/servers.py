@@ -117,7 +117,8 @@ def _tail(path: Path, lines: int = 30) -> str:
 # -- Redis ---------------------------------------------------------------------------------------
 
 
-def _redis_answers(url: str) -> bool:
+def redis_answers(url: str) -> bool:
+    """True if a Redis server answers PING at ``url`` within a couple of seconds."""
     import redis
 
     try:
@@ -189,7 +190,7 @@ def start_redis(directory: Path, password: str | None = None, **config: str) -> 
         )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and server.process.poll() is None:
-            if _redis_answers(server.url):
+            if redis_answers(server.url):
                 return server
             time.sleep(0.05)
         last_log = _tail(directory / "redis.log")
@@ -203,11 +204,11 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The Redis the backend tests share (never stopped by a test)."""
     configured = os.environ.get("CKPT_TEST_REDIS_URL")
     if configured:
-        if not _redis_answers(configured):
+        if not redis_answers(configured):
             unavailable("CKPT_TEST_REDIS_URL is set but no Redis answers there")
         yield configured
         return
-    if _redis_answers("redis://127.0.0.1:6379/0"):
+    if redis_answers("redis://127.0.0.1:6379/0"):
         yield "redis://127.0.0.1:6379/0"
         return
     server = start_redis(tmp_path_factory.mktemp("redis-session"))
