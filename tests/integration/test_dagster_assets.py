@@ -3,11 +3,9 @@ several partitions, upstream assets outside the run, and asset-job re-execution 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from dagster import (
     AssetKey,
     DagsterEventType,
@@ -22,28 +20,6 @@ from ckpt_core import CheckpointManager, open_store
 from ckpt_dagster import CheckpointIOManager
 
 from . import dagster_jobs as jobs
-
-NO_TELEMETRY = {"telemetry": {"enabled": False}}
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with DagsterInstance.local_temp(str(home), overrides=NO_TELEMETRY) as inst:
-        yield inst
-
-
-@pytest.fixture
-def counts(tmp_path: Path) -> Path:
-    path = tmp_path / "calls"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def store_url(tmp_path: Path) -> str:
-    return str(tmp_path / "store")
 
 
 def materialize_one(

@@ -43,22 +43,6 @@ from . import dagster_jobs as jobs
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "dagster"
-NO_TELEMETRY = {"telemetry": {"enabled": False}}
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with DagsterInstance.local_temp(str(home), overrides=NO_TELEMETRY) as inst:
-        yield inst
-
-
-@pytest.fixture
-def counts(tmp_path: Path) -> Path:
-    path = tmp_path / "calls"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture

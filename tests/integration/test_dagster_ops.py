@@ -26,8 +26,7 @@ from ckpt_core import open_store
 from ckpt_dagster import METADATA_KEYS
 
 from . import dagster_jobs as jobs
-
-NO_TELEMETRY = {"telemetry": {"enabled": False}}
+from .dagster_fixtures import temp_instance
 
 
 @dataclass
@@ -71,17 +70,10 @@ class Runner:
 
 @pytest.fixture
 def dagster(tmp_path: Path) -> Iterator[Runner]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
     calls_dir = tmp_path / "calls"
     calls_dir.mkdir()
-    with DagsterInstance.local_temp(str(home), overrides=NO_TELEMETRY) as instance:
+    with temp_instance(tmp_path) as instance:
         yield Runner(instance, calls_dir)
-
-
-@pytest.fixture
-def store_url(tmp_path: Path) -> str:
-    return str(tmp_path / "store")
 
 
 def executed_steps(result: Any) -> set[str]:
