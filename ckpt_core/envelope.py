@@ -147,7 +147,7 @@ def parse_prefix(data: Buffer, key: str) -> tuple[int, int]:
 
 def _parse_header(raw: memoryview, key: str) -> dict[str, Any]:
     try:
-        header = json.loads(bytes(raw))
+        header = json.loads(str(raw, "utf-8"))  # str(): no bytes copy, no encoding sniffing
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError, UnicodeDecodeError and int-digit limits;
         # RecursionError a header of nested brackets.

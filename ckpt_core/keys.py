@@ -17,6 +17,7 @@ plus ``…`` and the real id is kept in the record header.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -26,6 +27,8 @@ from .errors import InvalidKey
 #: (a temp-file suffix is added to it during writes).
 MAX_COMPONENT = 180
 _KEEP = re.compile(r"[A-Za-z0-9_.\-]")
+#: Ids that encode to themselves (most node names and run ids): no escaping needed.
+_PLAIN = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
 _HEX = "0123456789ABCDEF"
 _HEX_DIGITS = frozenset("0123456789ABCDEFabcdef")
 SEP = "/"
@@ -33,10 +36,26 @@ SEP = "/"
 
 def encode_component(value: str) -> str:
     """Encode one id as a single safe key component (see the module docstring)."""
-    if not isinstance(value, str):
-        raise InvalidKey(
-            f"ids must be str, got {type(value).__name__} {value!r}; convert it with str() first"
-        )
+    if type(value) is not str:
+        if not isinstance(value, str):
+            raise InvalidKey(
+                f"ids must be str, got {type(value).__name__} {value!r}; convert it with str() "
+                "first"
+            )
+        value = str.__str__(value)  # a str subclass: encode its plain text
+    if len(value) <= MAX_COMPONENT and _PLAIN.fullmatch(value):
+        return value
+    if len(value) <= _CACHED_LENGTH:
+        return _encode_escaped_cached(value)
+    return _encode_escaped(value)
+
+
+#: Escaped encodings of ids up to this length are cached (every save and load encodes the same
+#: few namespace, run and correlation ids again); longer ids are rare and would bloat the cache.
+_CACHED_LENGTH = 512
+
+
+def _encode_escaped(value: str) -> str:
     if "\x00" in value:
         raise InvalidKey(f"ids may not contain NUL characters: {value!r}")
     if value == "":
@@ -58,6 +77,9 @@ def encode_component(value: str) -> str:
     if cut != -1 and cut > len(head) - 3:
         head = head[:cut]
     return f"{head}~{digest}"
+
+
+_encode_escaped_cached = functools.lru_cache(maxsize=4096)(_encode_escaped)
 
 
 def decode_component(component: str) -> str:

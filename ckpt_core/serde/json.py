@@ -32,17 +32,38 @@ _PLAIN = "json"
 _MAX_DEPTH = 200
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_STR_ONLY = frozenset({str})
+_JSON_TYPES = _SCALARS | {list, dict}
+
+
 def _is_plain_json(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is made of exact JSON types only (so it round-trips unchanged).
+
+    Runs on every save of JSON data, so the element types of each list or dict are collected
+    with one ``set(map(type, ...))`` and only nested containers are visited one by one."""
+    t = type(value)
+    if t in _SCALARS:
+        return True
     if depth > _MAX_DEPTH:
         return False
-    t = type(value)
-    if t in (str, int, float, bool) or value is None:
-        return True
-    if t is list:
-        return all(_is_plain_json(v, depth + 1) for v in value)
     if t is dict:
-        return all(type(k) is str and _is_plain_json(v, depth + 1) for k, v in value.items())
-    return False
+        if not set(map(type, value)) <= _STR_ONLY:
+            return False
+        items: Any = value.values()
+    elif t is list:
+        items = value
+    else:
+        return False
+    types = set(map(type, items))
+    if types <= _SCALARS:
+        return True
+    if not types <= _JSON_TYPES:
+        return False
+    for item in items:
+        if type(item) not in _SCALARS and not _is_plain_json(item, depth + 1):
+            return False
+    return True
 
 
 def _pydantic_base() -> Any:
@@ -169,5 +190,5 @@ class JsonCodec:
                     f"{exc}"
                 ) from None
         if schema in (None, _PLAIN):
-            return json.loads(bytes(data))
+            return json.loads(str(data, "utf-8"))
         return _revive(_resolve(schema), bytes(data))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import builtins
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -75,8 +76,15 @@ class ObjectInfo:
     modified: float | None = None
 
 
+#: Keys built from encoded components (every key ckpt makes) match this at once.
+_COMPONENT = r"[A-Za-z0-9_\-~%][A-Za-z0-9_.\-~%]*"
+_ENCODED_KEY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+
+
 def validate_key(key: str) -> str:
     """Refuse keys that could escape a root or hide behind temp-file names."""
+    if type(key) is str and _ENCODED_KEY.fullmatch(key):
+        return key  # no component is empty, "." or "..", none starts with "."; no NUL or "\\"
     if not isinstance(key, str) or not key:
         raise InvalidKey(f"store keys must be non-empty str, got {key!r}")
     for component in key.split("/"):

@@ -562,8 +562,6 @@ class FsspecStore(BlockingStore):
 
     def get_first(self, keys: Sequence[str]) -> tuple[str, Buffer] | None:
         with self._errors("reading", next(iter(keys), "")):
-            if isinstance(self._files, LocalFiles):
-                return super().get_first(keys)
             return self._files.get_first(keys)
 
     def head(self, key: str) -> ObjectInfo | None:

@@ -20,6 +20,7 @@ import shutil
 import stat
 import time
 import uuid
+from collections.abc import Sequence
 
 from ..serde.base import Buffer
 from .base import Data, ObjectInfo, iter_chunks, validate_key, validate_prefix
@@ -43,6 +44,35 @@ def _write_all(fd: int, chunk: Buffer) -> None:
         view = view[written:]
 
 
+def _read_exactly(fd: int, size: int) -> Buffer:
+    """Read a whole file of ``size`` bytes. Small files take one ``read`` into a new ``bytes``;
+    large ones are read in place into one buffer, never joined from pieces.
+
+    A file that shrank while we read it cannot be a record we wrote (we never write in place);
+    the short result lets the envelope report it as truncated."""
+    if size <= _ONE_READ:
+        data = os.read(fd, size)
+        while len(data) < size:
+            more = os.read(fd, size - len(data))
+            if not more:
+                break
+            data += more
+        return data
+    buf = bytearray(size)
+    view = memoryview(buf)
+    filled = 0
+    while filled < size:
+        n = os.readv(fd, [view[filled:]])
+        if not n:
+            break
+        filled += n
+    return buf if filled == size else buf[:filled]
+
+
+#: Files up to this size are read with one ``os.read`` (one syscall, no zero-filled buffer).
+_ONE_READ = 1 << 20
+
+
 class LocalFiles:
     """The local-filesystem primitives; errors are raw ``OSError`` (the store translates them)."""
 
@@ -51,7 +81,8 @@ class LocalFiles:
         self.fsync = fsync
 
     def path(self, key: str) -> str:
-        return os.path.join(self.root, *validate_key(key).split("/"))
+        validate_key(key)
+        return f"{self.root}/{key}" if os.sep == "/" else os.path.join(self.root, *key.split("/"))
 
     def _makedirs(self, directory: str) -> None:
         """Create ``directory`` and fsync each parent whose entries changed."""
@@ -102,23 +133,20 @@ class LocalFiles:
             fd = os.open(self.path(key), os.O_RDONLY | _O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)  # a directory holding records (POSIX opens it read-only) is no record
-            return None
-        with open(fd, "rb", buffering=0) as f:
-            size = st.st_size
-            buf = bytearray(size)
-            view = memoryview(buf)
-            filled = 0
-            while filled < size:
-                n = f.readinto(view[filled:])
-                if not n:
-                    break
-                filled += n
-        # A file that shrank while we read it cannot be a record we wrote (we never write in
-        # place); returning the short buffer lets the envelope report it as truncated.
-        return buf if filled == size else buf[:filled]
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None  # a directory holding records (POSIX opens it read-only) is no record
+            return _read_exactly(fd, st.st_size)
+        finally:
+            os.close(fd)
+
+    def get_first(self, keys: Sequence[str]) -> tuple[str, Buffer] | None:
+        for key in keys:
+            data = self.get(key)
+            if data is not None:
+                return key, data
+        return None
 
     def head(self, key: str) -> ObjectInfo | None:
         try:

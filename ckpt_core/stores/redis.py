@@ -478,14 +478,21 @@ class RedisStore(Store):
         rkeys = [self._rkey(k) for k in keys]
         if not rkeys:
             return None
-        # One round trip for every candidate; only a chunked hit needs more.
-        results = yield _Batch(tuple(_Cmd("get", (rk,)) for rk in rkeys))
-        for key, result in zip(keys, results, strict=True):
-            if result is None:
-                continue
-            value = yield from self._get_plan(key, result, have_first=True)
+        start = 0
+        while start < len(rkeys):
+            # One command for every remaining candidate; only a chunked hit needs more.
+            (found,) = yield _Batch(
+                (_Cmd("eval", (_GET_FIRST, len(rkeys) - start, *rkeys[start:])),)
+            )
+            if found is None:
+                return None
+            index = start + int(_ok(found)[0]) - 1
+            if len(found) == 2:
+                return keys[index], found[1]
+            value = yield from self._get_plan(keys[index])  # a chunked record: read its parts
             if value is not None:
-                return key, value
+                return keys[index], value
+            start = index + 1  # it vanished meanwhile: go on with the next candidate
         return None
 
     def _head_plan(self, key: str) -> _Plan[ObjectInfo | None]:
@@ -745,6 +752,20 @@ if redis.call('TYPE', KEYS[1]).ok == 'hash' then
   end
 end
 return 0
+"""
+
+#: The first of KEYS holding a record, in one round trip: ``{index, value}`` for a plain record,
+#: ``{index}`` for a chunked one (a hash manifest; read separately), nil when none exists.
+_GET_FIRST = """
+for i, key in ipairs(KEYS) do
+  local kind = redis.call('TYPE', key).ok
+  if kind == 'string' then
+    return {i, redis.call('GET', key)}
+  elseif kind ~= 'none' then
+    return {i}
+  end
+end
+return nil
 """
 
 _DELETE_IF_GEN = """
