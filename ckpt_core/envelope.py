@@ -25,7 +25,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import queue
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,11 +48,50 @@ DIGEST_SIZE = 32
 HASH_NAME = "sha256"
 #: Payload slices are hashed and written this many bytes at a time.
 SLICE = 1 << 20
+#: Records at least this large are hashed in a background thread while they are written.
+BACKGROUND_HASH = 8 << 20
 
 
 def _as_bytes_view(buf: Buffer) -> memoryview:
     view = buf if isinstance(buf, memoryview) else memoryview(buf)
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+class _Digest:
+    """sha256 fed piece by piece. For large records the hashing runs in a background thread, one
+    piece behind the caller, so it overlaps with the write of the previous piece (hashlib, file
+    writes and socket sends all release the GIL): a large save costs about its I/O, not I/O plus
+    hashing. Pieces are views of the caller's immutable buffers, so queueing them copies nothing.
+    """
+
+    __slots__ = ("_queue", "_sha", "_thread")
+
+    def __init__(self, head: bytes, *, background: bool) -> None:
+        self._sha = hashlib.sha256(head)
+        self._queue: queue.SimpleQueue[Buffer | None] | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._drain, name="ckpt-hash", daemon=True)
+            self._thread.start()
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while (piece := self._queue.get()) is not None:
+            self._sha.update(piece)
+
+    def update(self, piece: Buffer) -> None:
+        if self._queue is None:
+            self._sha.update(piece)
+        else:
+            self._queue.put(piece)
+
+    def digest(self) -> bytes:
+        if self._queue is not None and self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = self._thread = None
+        return self._sha.digest()
 
 
 class Record:
@@ -87,14 +128,16 @@ class Record:
         self.checksum: str | None = None
 
     def __iter__(self) -> Iterator[Buffer]:
-        digest = hashlib.sha256(self._head)
-        yield self._head
-        for view in self._buffers:
-            for start in range(0, view.nbytes, SLICE):
-                piece = view[start : start + SLICE]
-                digest.update(piece)
-                yield piece
-        raw = digest.digest()
+        digest = _Digest(self._head, background=self.size >= BACKGROUND_HASH)
+        try:
+            yield self._head
+            for view in self._buffers:
+                for start in range(0, view.nbytes, SLICE):
+                    piece = view[start : start + SLICE]
+                    digest.update(piece)
+                    yield piece
+        finally:
+            raw = digest.digest()  # also stops the hashing thread when a write is abandoned
         self.checksum = f"{HASH_NAME}:{raw.hex()}"
         if self._signing_key:
             yield raw + hmac.new(self._signing_key, self._head + raw, hashlib.sha256).digest()
