@@ -4,10 +4,11 @@
 
     offset 0   magic      b"CKPT"
            4   version    u8 (currently 1)
-           5   flags      u8 (bit 0: signed)
+           5   flags      u8 (bit 0: signed, bit 1: encrypted)
            6   header_len u32 big-endian, at most 1 MiB
           10   header     UTF-8 JSON: codec, schema, size, parts, hash, created_at, ids, meta
-               payload    ``size`` bytes (the codec's buffers, back to back)
+               payload    ``size`` bytes (the codec's buffers, back to back); if encrypted, those
+                          bytes sealed in AES-256-GCM segments, 16 tag bytes more per segment
                trailer    digest = sha256(prefix + header + payload) (32 bytes), then, if signed,
                           HMAC-SHA256(key, prefix + header + digest) (32 bytes)
 
@@ -18,10 +19,19 @@ payload slice is hashed while it is still in cache and then handed to the store,
 are never joined into one ``bytes``. A reader checks the total length, the digest and (when a
 signing key is configured) the signature before anything is decoded; any mismatch is
 :class:`CheckpointCorrupted`, never data.
+
+Encryption (optional, :mod:`ckpt_core.crypto`) covers the payload only. The header stays readable
+(codec, sizes, ids, node names) and gains ``"enc": {"alg", "kid", "nonce", "seg"}``; ``size`` and
+``parts`` still describe the plaintext the codec gets back. The trailer covers the stored
+(encrypted) bytes, so ``ckpt verify`` checks an encrypted record without its key. A reader then
+refuses a plaintext record when it has a key, asks for the key when it has none, and only then
+decrypts the payload into one buffer.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -32,21 +42,25 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import crypto
+from .crypto import EncryptionKey, EncryptionKeyError, Keyring
 from .errors import CheckpointCorrupted
 from .serde.base import Buffer
 
 MAGIC = b"CKPT"
 VERSION = 1
 FLAG_SIGNED = 0x01
+FLAG_ENCRYPTED = 0x02
 #: Flags this version understands; a record with any other bit set was written by a newer ckpt
-#: (e.g. encrypted) and must not be decoded as if it were plain.
-KNOWN_FLAGS = FLAG_SIGNED
+#: and must not be decoded as if it were plain.
+KNOWN_FLAGS = FLAG_SIGNED | FLAG_ENCRYPTED
 _PREFIX = struct.Struct(">4sBBI")
 PREFIX_SIZE = _PREFIX.size
 MAX_HEADER = 1 << 20
 DIGEST_SIZE = 32
 HASH_NAME = "sha256"
-#: Payload slices are hashed and written this many bytes at a time.
+#: Payload slices are hashed and written this many bytes at a time (and encrypted, as segments
+#: of this many plaintext bytes).
 SLICE = 1 << 20
 #: Records at least this large are hashed in a background thread while they are written.
 BACKGROUND_HASH = 8 << 20
@@ -55,6 +69,32 @@ BACKGROUND_HASH = 8 << 20
 def _as_bytes_view(buf: Buffer) -> memoryview:
     view = buf if isinstance(buf, memoryview) else memoryview(buf)
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def _segments(views: Sequence[memoryview], seg: int) -> Iterator[Buffer]:
+    """The buffers back to back, in pieces of exactly ``seg`` bytes (the last one shorter, and one
+    empty piece for an empty payload). A piece inside one buffer is a view of it; only a piece
+    that spans buffers is joined, so at most ``seg`` bytes are copied at a time."""
+    pending: list[memoryview] = []
+    filled = 0
+    emitted = False
+    for view in views:
+        start, end = 0, view.nbytes
+        while start < end:
+            if not pending and end - start >= seg:
+                yield view[start : start + seg]
+                start += seg
+                emitted = True
+                continue
+            take = min(seg - filled, end - start)
+            pending.append(view[start : start + take])
+            filled += take
+            start += take
+            if filled == seg:
+                yield b"".join(pending)
+                pending, filled, emitted = [], 0, True
+    if pending or not emitted:
+        yield b"".join(pending)
 
 
 class _Digest:
@@ -101,12 +141,30 @@ class Record:
     slice and yields the trailer last, so a store can stream it (file writes, multipart uploads,
     Redis chunks) without holding a second copy. After a complete iteration ``checksum`` is
     ``"sha256:<hex>"`` of everything before the trailer.
+
+    With ``encryption_key`` the payload is sealed segment by segment as it is yielded (see
+    :mod:`ckpt_core.crypto`); the nonce is drawn once per record, so iterating again (a retried
+    write) yields the same bytes.
     """
 
-    __slots__ = ("_buffers", "_head", "_signing_key", "checksum", "header", "size")
+    __slots__ = (
+        "_buffers",
+        "_encryption_key",
+        "_head",
+        "_nonce",
+        "_signing_key",
+        "checksum",
+        "encrypted",
+        "header",
+        "size",
+    )
 
     def __init__(
-        self, header: dict[str, Any], buffers: Sequence[Buffer], signing_key: bytes | None
+        self,
+        header: dict[str, Any],
+        buffers: Sequence[Buffer],
+        signing_key: bytes | None,
+        encryption_key: EncryptionKey | None = None,
     ) -> None:
         views = [_as_bytes_view(b) for b in buffers]
         header = dict(header)
@@ -114,28 +172,54 @@ class Record:
         if len(views) != 1:
             header["parts"] = [v.nbytes for v in views]
         header["hash"] = HASH_NAME
+        self._nonce = b""
+        stored = header["size"]
+        if encryption_key is not None:
+            self._nonce = crypto.new_nonce()
+            header["enc"] = {
+                "alg": crypto.ALGORITHM,
+                "kid": encryption_key.kid,
+                "nonce": base64.b64encode(self._nonce).decode("ascii"),
+                "seg": SLICE,
+            }
+            stored = crypto.sealed_size(header["size"], SLICE)
         # ensure_ascii: ids may hold any str, lone surrogates included, and still encode.
         header_bytes = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode()
         if len(header_bytes) > MAX_HEADER:
             raise ValueError(f"record header is {len(header_bytes)} bytes, over {MAX_HEADER}")
-        flags = FLAG_SIGNED if signing_key else 0
+        flags = (FLAG_SIGNED if signing_key else 0) | (FLAG_ENCRYPTED if encryption_key else 0)
         self._head = _PREFIX.pack(MAGIC, VERSION, flags, len(header_bytes)) + header_bytes
         self._buffers = views
         self._signing_key = signing_key
+        self._encryption_key = encryption_key
+        self.encrypted = encryption_key is not None
         self.header = header
         trailer = DIGEST_SIZE * (2 if signing_key else 1)
-        self.size = len(self._head) + header["size"] + trailer
+        self.size = len(self._head) + stored + trailer
         self.checksum: str | None = None
+
+    def _payload(self) -> Iterator[Buffer]:
+        """The payload as stored, slice by slice: the codec's buffers, or their sealed segments."""
+        if self._encryption_key is None:
+            for view in self._buffers:
+                for start in range(0, view.nbytes, SLICE):
+                    yield view[start : start + SLICE]
+            return
+        yield from crypto.seal(
+            self._encryption_key,
+            self._nonce,
+            crypto.context_of(self._head),
+            _segments(self._buffers, SLICE),
+            crypto.segment_count(self.header["size"], SLICE),
+        )
 
     def __iter__(self) -> Iterator[Buffer]:
         digest = _Digest(self._head, background=self.size >= BACKGROUND_HASH)
         try:
             yield self._head
-            for view in self._buffers:
-                for start in range(0, view.nbytes, SLICE):
-                    piece = view[start : start + SLICE]
-                    digest.update(piece)
-                    yield piece
+            for piece in self._payload():
+                digest.update(piece)
+                yield piece
         finally:
             raw = digest.digest()  # also stops the hashing thread when a write is abandoned
         self.checksum = f"{HASH_NAME}:{raw.hex()}"
@@ -151,12 +235,15 @@ class Record:
 
 @dataclass(frozen=True)
 class OpenedRecord:
-    """A verified record: its header and its payload parts as views over the loaded bytes."""
+    """A verified record: its header and its payload parts, as views over the loaded bytes (or,
+    for an encrypted record, over its decrypted payload; empty when opened with
+    ``decrypt=False``)."""
 
     header: dict[str, Any]
     parts: list[memoryview]
     checksum: str
     signed: bool
+    encrypted: bool = False
 
 
 def _corrupt(key: str, why: str) -> CheckpointCorrupted:
@@ -218,12 +305,24 @@ def read_header(data: Buffer, key: str) -> dict[str, Any]:
     return _parse_header(memoryview(data)[PREFIX_SIZE : PREFIX_SIZE + header_len], key)
 
 
-def open_record(data: Buffer, key: str, signing_key: bytes | None) -> OpenedRecord:
+def open_record(
+    data: Buffer,
+    key: str,
+    signing_key: bytes | None,
+    keyring: Keyring | None = None,
+    *,
+    decrypt: bool = True,
+) -> OpenedRecord:
     """Verify a whole record and split its payload; raise :class:`CheckpointCorrupted` otherwise.
 
     Order: length and prefix, digest of prefix + header + payload, signature (when a key is
-    configured: unsigned records are refused), then the header. Nothing is decoded before all of it
-    passed.
+    configured: unsigned records are refused), then the header and the payload length it implies,
+    then encryption: with a ``keyring`` a plaintext record is refused, without one an encrypted
+    record is (both :class:`~ckpt_core.crypto.EncryptionKeyError`), and an encrypted payload is
+    decrypted with the key its header names. Nothing is decoded before all of it passed.
+
+    ``decrypt=False`` only verifies (``ckpt verify``): encrypted payloads stay sealed, no key is
+    needed or checked, and ``parts`` is empty for them.
     """
     view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
     flags, header_len = parse_prefix(view, key)
@@ -244,11 +343,100 @@ def open_record(data: Buffer, key: str, signing_key: bytes | None) -> OpenedReco
         if not hmac.compare_digest(expected.digest(), view[payload_end + DIGEST_SIZE :]):
             raise _corrupt(key, "signature mismatch (wrong signing key, or the record was altered)")
     header = _parse_header(view[PREFIX_SIZE:payload_start], key)
-    if header["size"] != len(payload):
-        raise _corrupt(key, f"header says {header['size']} payload bytes, found {len(payload)}")
+    encrypted = bool(flags & FLAG_ENCRYPTED)
+    if encrypted:
+        kid, nonce, seg = _parse_enc(header, key)
+        sealed = crypto.sealed_size(header["size"], seg)
+        if sealed != len(payload):
+            raise _corrupt(
+                key,
+                f"header says {header['size']} payload bytes ({sealed} encrypted), "
+                f"found {len(payload)}",
+            )
+        if not decrypt:
+            return OpenedRecord(header, [], f"{HASH_NAME}:{digest.hex()}", signed, True)
+        payload = _decrypt(key, keyring, kid, nonce, seg, view[:payload_start], payload, header)
+    else:
+        if "enc" in header:
+            raise _corrupt(key, "header describes encryption, but the record is flagged plain")
+        if header["size"] != len(payload):
+            raise _corrupt(key, f"header says {header['size']} payload bytes, found {len(payload)}")
+        if decrypt and keyring is not None:
+            raise EncryptionKeyError(
+                f"checkpoint {key} is refused: the record is not encrypted but an encryption key "
+                f"is configured (key ids {', '.join(keyring.kids)}). It was written without "
+                "encryption_key, or by someone without the key; it was not loaded. Delete it "
+                "(ckpt rm) so the step recomputes it encrypted",
+                key=key,
+                configured_kids=keyring.kids,
+            )
     parts: list[memoryview] = []
     offset = 0
     for length in header.get("parts", [header["size"]]):
         parts.append(payload[offset : offset + length])
         offset += length
-    return OpenedRecord(header, parts, f"{HASH_NAME}:{digest.hex()}", signed)
+    return OpenedRecord(header, parts, f"{HASH_NAME}:{digest.hex()}", signed, encrypted)
+
+
+def _parse_enc(header: dict[str, Any], key: str) -> tuple[str, bytes, int]:
+    """``(kid, base nonce, segment size)`` from an encrypted record's header."""
+    enc = header.get("enc")
+    if not isinstance(enc, dict):
+        raise _corrupt(key, "the record is flagged encrypted, but its header has no valid 'enc'")
+    alg, kid, nonce_text, seg = enc.get("alg"), enc.get("kid"), enc.get("nonce"), enc.get("seg")
+    if alg != crypto.ALGORITHM:
+        raise _corrupt(
+            key, f"encrypted with {str(alg)[:40]!r}, this ckpt decrypts {crypto.ALGORITHM} only"
+        )
+    try:
+        nonce = base64.b64decode(str(nonce_text), validate=True)
+    except (binascii.Error, ValueError):
+        nonce = b""
+    if (
+        not isinstance(kid, str)
+        or len(nonce) != crypto.NONCE_SIZE
+        or type(seg) is not int
+        or not crypto.MIN_SEGMENT <= seg <= crypto.MAX_SEGMENT
+    ):
+        raise _corrupt(key, "the header's encryption parameters (kid, nonce, seg) are invalid")
+    return kid, nonce, seg
+
+
+def _decrypt(
+    key: str,
+    keyring: Keyring | None,
+    kid: str,
+    nonce: bytes,
+    seg: int,
+    head: memoryview,
+    payload: memoryview,
+    header: dict[str, Any],
+) -> memoryview:
+    if keyring is None:
+        raise EncryptionKeyError(
+            f"checkpoint {key} is encrypted (key id {kid}) and no encryption key is configured: "
+            "set encryption_key= (on the manager, ckpt.run, the Prefect block or the Dagster IO "
+            f"manager) or the {crypto.ENV_VAR} environment variable to the key it was written "
+            "with. It was not loaded",
+            key=key,
+            record_kid=kid,
+        )
+    found = keyring.get(kid)
+    if found is None:
+        raise EncryptionKeyError(
+            f"checkpoint {key} is encrypted with key id {kid}, which is not among the configured "
+            f"key ids ({', '.join(keyring.kids)}). Add the key it was written with to "
+            f"encryption_key= or {crypto.ENV_VAR} (after the current key: every listed key "
+            "decrypts, the first encrypts), or delete the record to recompute it. It was not "
+            "loaded",
+            key=key,
+            record_kid=kid,
+            configured_kids=keyring.kids,
+        )
+    plain = crypto.unseal(found, nonce, crypto.context_of(head), payload, header["size"], seg)
+    if plain is None:
+        raise _corrupt(
+            key,
+            f"decryption with key id {kid} failed: the encrypted payload or its header was altered",
+        )
+    return memoryview(plain)

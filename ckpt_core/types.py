@@ -67,4 +67,5 @@ class CheckpointInfo:
     attempt: int | None = None
     created_at: float | None = None
     signed: bool = False
+    encrypted: bool = False
     meta: dict[str, Any] = field(default_factory=dict)

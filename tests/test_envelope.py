@@ -115,7 +115,7 @@ def test_wrong_magic_version_and_flags() -> None:
     data = small_record()
     assert "bad magic" in str(corrupted(b"XKPT" + data[4:]))
     assert "version 2" in str(corrupted(data[:4] + b"\x02" + data[5:]))
-    assert "unknown record flags 0x02" in str(corrupted(forge({"codec": "raw"}, flags=0x02)))
+    assert "unknown record flags 0x04" in str(corrupted(forge({"codec": "raw"}, flags=0x04)))
     assert "shorter than the record prefix" in str(corrupted(b"CKPT"))
     assert "not a ckpt record" in str(corrupted(b"PK\x03\x04" + bytes(100)))
 

@@ -10,7 +10,16 @@ import textwrap
 
 import ckpt_core as ckpt
 
-FORBIDDEN = ["prefect", "dagster", "redis", "s3fs", "pyarrow", "ckpt_prefect", "ckpt_dagster"]
+FORBIDDEN = [
+    "prefect",
+    "dagster",
+    "redis",
+    "s3fs",
+    "pyarrow",
+    "cryptography",
+    "ckpt_prefect",
+    "ckpt_dagster",
+]
 
 
 def _modules_after(code: str) -> list[str]:

@@ -20,7 +20,8 @@ import click
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .. import keys
+from .. import crypto, keys
+from ..crypto import EncryptionKeyError
 from ..envelope import open_record, read_header
 from ..errors import CheckpointCorrupted, CheckpointError, StoreConfigError
 from ..redact import redact_text, redact_url
@@ -72,6 +73,17 @@ SigningKey = Annotated[
         "--signing-key",
         envvar="CKPT_SIGNING_KEY",
         help="HMAC key the records were signed with; unsigned or mis-signed records then fail.",
+        show_default=False,
+        show_envvar=True,
+    ),
+]
+EncryptionKey = Annotated[
+    str | None,
+    typer.Option(
+        "--encryption-key",
+        envvar=crypto.ENV_VAR,
+        help="Key(s) to decrypt encrypted records for the preview (comma-separated for several). "
+        "Without it, encrypted records show their header only.",
         show_default=False,
         show_envvar=True,
     ),
@@ -158,6 +170,10 @@ def _run(
 
 def _signing_key(value: str | None) -> bytes | None:
     return value.encode() if value else None
+
+
+def _keyring(value: str | None) -> crypto.Keyring | None:
+    return crypto.keyring(value, where="--encryption-key") if value else None
 
 
 # -- ls --------------------------------------------------------------------------------------
@@ -284,6 +300,7 @@ def show_command(
         typer.Option("--allow-pickle", help="Decode pickle payloads (runs code from the store)."),
     ] = False,
     signing_key: SigningKey = None,
+    encryption_key: EncryptionKey = None,
     option: Options = None,
     as_json: AsJson = False,
 ) -> None:
@@ -294,8 +311,11 @@ def show_command(
         data = s.store.get(record_key)
         if data is None:
             raise _fail(f"no record {record_key!r} in {s.shown_url}", 1)
+        keyring = _keyring(encryption_key)
         try:
-            opened = open_record(data, record_key, _signing_key(signing_key))
+            opened = open_record(
+                data, record_key, _signing_key(signing_key), keyring, decrypt=keyring is not None
+            )
         except CheckpointCorrupted as exc:
             try:
                 header: dict[str, Any] | None = read_header(data, record_key)
@@ -306,9 +326,17 @@ def show_command(
             else:
                 if header is not None:
                     s.out.print(render.header_table(record_key, header, {"size": str(len(data))}))
-                s.err.print(f"[red]corrupted:[/] {render._plain(s.scrub(str(exc)))}")
+                label = "refused" if isinstance(exc, EncryptionKeyError) else "corrupted"
+                s.err.print(f"[red]{label}:[/] {render._plain(s.scrub(str(exc)))}")
             raise typer.Exit(1) from None
-        text = preview(opened.header, opened.parts, allow_pickle)
+        kid = (opened.header.get("enc") or {}).get("kid") if opened.encrypted else None
+        if opened.encrypted and keyring is None:
+            text = (
+                f"(encrypted with key id {kid}; pass --encryption-key or set "
+                f"{crypto.ENV_VAR} to see the value)"
+            )
+        else:
+            text = preview(opened.header, opened.parts, allow_pickle)
         if s.as_json:
             s.emit_json(
                 {
@@ -317,6 +345,7 @@ def show_command(
                     "size": len(data),
                     "checksum": opened.checksum,
                     "signed": opened.signed,
+                    "encrypted": opened.encrypted,
                     "header": opened.header,
                     "preview": text,
                 }
@@ -328,6 +357,10 @@ def show_command(
             "signed": "yes (signature verified)"
             if opened.signed and signing_key
             else ("yes (not checked: no --signing-key)" if opened.signed else "no"),
+            "encrypted": "no"
+            if not opened.encrypted
+            else f"yes (key id {kid}, "
+            + ("decrypted)" if keyring is not None else "not decrypted: no --encryption-key)"),
         }
         s.out.print(render.header_table(record_key, opened.header, extra))
         s.out.print()

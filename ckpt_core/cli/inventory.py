@@ -74,6 +74,9 @@ class Entry:
         if self.header is not None:
             out["codec"] = self.codec
             out["attempt"] = self.header.get("attempt")
+            enc = self.header.get("enc")
+            if isinstance(enc, Mapping):  # encrypted: the id of the key it needs
+                out["key_id"] = enc.get("kid")
         if self.header_error is not None:
             out["error"] = self.header_error
         return out
@@ -157,6 +160,7 @@ def verify_one(
     store: Store, key: str, signing_key: bytes | None, foreign_ok: bool = False
 ) -> Verdict:
     """Check a record's checksum (and signature when a key is given) with ``open_record``.
+    Encrypted records are verified as stored: no encryption key is needed.
 
     ``foreign_ok``: the key is not laid out by ckpt (scope ``other``), so a value that does not
     even start with the record magic is somebody else's file, skipped rather than "corrupted".
@@ -167,7 +171,7 @@ def verify_one(
     if foreign_ok and bytes(memoryview(data)[: len(MAGIC)]) != MAGIC:
         return Verdict(key, True, "not a ckpt record", skipped=True)
     try:
-        opened = open_record(data, key, signing_key)
+        opened = open_record(data, key, signing_key, decrypt=False)
     except CheckpointCorrupted as exc:
         return Verdict(key, False, str(exc))
     return Verdict(key, True, None, opened.signed)

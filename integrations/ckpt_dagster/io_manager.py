@@ -162,6 +162,10 @@ class CheckpointIOManager(ConfigurableIOManager):
         signing_key: HMAC key; when set, records are signed and unsigned or altered records
             are refused before decoding. Pass it as ``EnvVar(...)``; unset, ckpt falls back to
             the ``CKPT_SIGNING_KEY`` environment variable of the step process.
+        encryption_key: Encrypt values at rest (AES-256-GCM, needs ``ckpt[crypto]``). Commas
+            separate several keys: the first encrypts, every one decrypts (rotation). When set,
+            plaintext records are refused. Pass it as ``EnvVar(...)``; unset, ckpt falls back to
+            the ``CKPT_ENCRYPTION_KEY`` environment variable of the step process.
         retention: ``delete`` (default): the clean-up sensor deletes a run family's op outputs
             after a run of the family succeeds. ``keep``: they stay until deleted explicitly.
         checkpoint_op_bodies: While a step runs, make ``@ckpt_core.checkpointed`` calls inside
@@ -231,6 +235,13 @@ class CheckpointIOManager(ConfigurableIOManager):
         default=None,
         description="HMAC key: sign records and refuse unsigned or altered ones. Use EnvVar.",
     )
+    encryption_key: str | None = Field(
+        default=None,
+        description=(
+            "Encrypt values at rest (AES-256-GCM); comma-separated keys rotate: the first "
+            "encrypts, all decrypt. Plaintext records are then refused. Use EnvVar."
+        ),
+    )
     retention: Retention = Field(
         default="delete",
         description=(
@@ -250,7 +261,11 @@ class CheckpointIOManager(ConfigurableIOManager):
     # -- secrets stay out of repr ----------------------------------------------------------
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            if name == "signing_key" and value is not None and not isinstance(value, EnvVar):
+            if (
+                name in ("signing_key", "encryption_key")
+                and value is not None
+                and not isinstance(value, EnvVar)
+            ):
                 yield name, "***"
             elif name == "storage_options" and isinstance(value, Mapping):
                 yield name, redact_options(value)
@@ -281,6 +296,7 @@ class CheckpointIOManager(ConfigurableIOManager):
                     codec=self.codec,
                     allow_pickle=self.allow_pickle,
                     signing_key=signing_key,
+                    encryption_key=_resolve_env(self.encryption_key, "encryption_key"),
                     retention=self.retention,
                 )
                 self._managers[(kind, namespace)] = manager
