@@ -30,6 +30,7 @@ from .errors import (
     StoreConfigError,
     StoreUnavailable,
 )
+from .lease import Lease, LeaseHolder
 from .manager import CheckpointManager
 from .redact import redact_url
 from .stores import FsspecStore, MemoryStore, ObjectInfo, Store, open_store, register_store
@@ -48,6 +49,8 @@ __all__ = [
     "ConcurrentRunError",
     "FsspecStore",
     "InvalidKey",
+    "Lease",
+    "LeaseHolder",
     "MemoryStore",
     "NodeEvent",
     "ObjectInfo",

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
+from .errors import ConcurrentRunError
+from .lease import DEFAULT_LEASE_TTL, Lease
 from .manager import CheckpointManager, Retention
 from .stores.base import Store
 from .types import RunContext
@@ -42,11 +44,13 @@ class NodeEvent:
 
 @dataclass
 class ActiveRun:
-    """The run a decorated call checkpoints into: a manager, a RunContext and what happened."""
+    """The run a decorated call checkpoints into: a manager, a RunContext and what happened
+    (and, for an exclusive run, the lease it holds)."""
 
     manager: CheckpointManager
     ctx: RunContext
     events: list[NodeEvent] = field(default_factory=list)
+    lease: Lease | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, node: str, status: Literal["loaded", "computed"], seconds: float) -> None:
@@ -118,6 +122,12 @@ class Run:
         run_id: id of this attempt (default: random).
         manager: an existing :class:`CheckpointManager` instead of ``store``/options.
         retention: override the manager's retention for this run's ``finish``.
+        exclusive: single-writer mode: take the correlation's lease on entry (a second attempt
+            of the same correlation running at the same time fails at once with
+            :class:`~ckpt_core.errors.ConcurrentRunError`), renew it while the block runs and
+            release it on exit. See :mod:`ckpt_core.lease`.
+        lease_ttl: seconds the lease lives without renewal (``exclusive=True``); a crashed
+            run blocks its correlation at most this long (a local directory frees it at once).
         **manager_options: ``codec=``, ``allow_pickle=``, ``signing_key=``, store options...
 
     Example:
@@ -141,6 +151,8 @@ class Run:
         run_id: str | None = None,
         manager: CheckpointManager | None = None,
         retention: Retention | None = None,
+        exclusive: bool = False,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
         **manager_options: Any,
     ) -> None:
         correlation = correlation_id or os.environ.get(ENV_CORRELATION)
@@ -165,15 +177,44 @@ class Run:
             raise TypeError("pass either manager= or store=/manager options, not both")
         self.manager = manager
         self.retention = retention
+        self.exclusive = exclusive
+        self.lease_ttl = lease_ttl
         self.active = ActiveRun(manager, self.ctx)
         self._tokens: list[contextvars.Token[ActiveRun | None]] = []
         self.started = 0.0
 
-    # sync
-    def __enter__(self) -> ActiveRun:
+    @staticmethod
+    def _lost_lease_of(lease: Lease | None) -> ConcurrentRunError | None:
+        """Why an exclusive run may no longer finish (its lease was lost), else ``None``.
+
+        A run that lost its lease must not apply the lifecycle: deleting the correlation's
+        checkpoints after "success" would pull them from under the attempt that holds it now.
+        """
+        if lease is None:
+            return None
+        try:
+            lease.check()
+        except ConcurrentRunError as lost:
+            return lost
+        return None
+
+    def _entered(self, lease: Lease | None) -> ActiveRun:
+        self.active.lease = lease
         self.started = time.perf_counter()
         self._tokens.append(_current.set(self.active))
         return self.active
+
+    # sync
+    def __enter__(self) -> ActiveRun:
+        lease = None
+        if self.exclusive:
+            try:
+                lease = self.manager.acquire_lease(self.ctx, ttl=self.lease_ttl)
+            except BaseException:
+                if self._owns_store:
+                    self.manager.close()
+                raise
+        return self._entered(lease)
 
     def __exit__(
         self,
@@ -182,19 +223,37 @@ class Run:
         tb: TracebackType | None,
     ) -> None:
         _current.reset(self._tokens.pop())
+        lease, self.active.lease = self.active.lease, None
         try:
-            self.manager.finish(self.ctx, exc_type is None, retention=self.retention)
+            lost = self._lost_lease_of(lease)
+            if lost is not None:
+                if exc_type is None:
+                    raise lost
+            else:
+                self.manager.finish(self.ctx, exc_type is None, retention=self.retention)
         except Exception:
             if exc_type is None:
                 raise
             log.warning("ckpt: could not finish run %s after a failure", self.run_id, exc_info=True)
         finally:
-            if self._owns_store:
-                self.manager.close()
+            try:
+                if lease is not None:
+                    lease.release()
+            finally:
+                if self._owns_store:
+                    self.manager.close()
 
     # async
     async def __aenter__(self) -> ActiveRun:
-        return self.__enter__()
+        lease = None
+        if self.exclusive:
+            try:
+                lease = await self.manager.aacquire_lease(self.ctx, ttl=self.lease_ttl)
+            except BaseException:
+                if self._owns_store:
+                    await self.manager.aclose()
+                raise
+        return self._entered(lease)
 
     async def __aexit__(
         self,
@@ -203,15 +262,25 @@ class Run:
         tb: TracebackType | None,
     ) -> None:
         _current.reset(self._tokens.pop())
+        lease, self.active.lease = self.active.lease, None
         try:
-            await self.manager.afinish(self.ctx, exc_type is None, retention=self.retention)
+            lost = self._lost_lease_of(lease)
+            if lost is not None:
+                if exc_type is None:
+                    raise lost
+            else:
+                await self.manager.afinish(self.ctx, exc_type is None, retention=self.retention)
         except Exception:
             if exc_type is None:
                 raise
             log.warning("ckpt: could not finish run %s after a failure", self.run_id, exc_info=True)
         finally:
-            if self._owns_store:
-                await self.manager.aclose()
+            try:
+                if lease is not None:
+                    await lease.arelease()
+            finally:
+                if self._owns_store:
+                    await self.manager.aclose()
 
 
 #: ``ckpt_core.run(...)`` reads as a verb; it is the :class:`Run` context manager.

@@ -18,8 +18,9 @@ import time
 from collections.abc import Collection
 from typing import Any, Literal
 
-from . import keys
-from .envelope import Record, open_record
+from . import crypto, keys
+from . import lease as _lease
+from .envelope import OpenedRecord, Record, read_record
 from .errors import (
     CheckpointCorrupted,
     CheckpointError,
@@ -27,10 +28,11 @@ from .errors import (
     SchemaMismatch,
     SerializationError,
 )
+from .lease import DEFAULT_LEASE_TTL, Lease
 from .plans import Plan, StoreOp, run_async, run_sync
 from .serde import CodecSet
 from .serde.base import type_name
-from .stores.base import ObjectInfo, Store
+from .stores.base import ObjectInfo, ReadStream, Store
 from .stores.registry import open_store
 from .types import CheckpointInfo, RunContext, Scope
 
@@ -54,6 +56,10 @@ def _same_id(stored: Any, expected: str) -> bool:
     surrogate pair (``"\\ud800\\udc00"``) into one character, so such ids are compared in
     that form."""
     return bool(stored == expected or stored == json.loads(json.dumps(expected)))
+
+
+#: Errors a codec raises without knowing the record's key; ``_decode`` adds it.
+_KEYED = (CheckpointCorrupted, SerializationError, SchemaMismatch)
 
 
 def _validate(value: Any, schema: Any) -> Any:
@@ -85,6 +91,11 @@ class CheckpointManager:
         signing_key: HMAC-SHA256 key (``str`` or ``bytes``; default env ``CKPT_SIGNING_KEY``).
             When set, every record is signed and unsigned or altered records are refused before
             decoding.
+        encryption_key: encrypt payloads at rest with AES-256-GCM (needs ``ckpt[crypto]``). A
+            secret ``str`` (commas separate several keys), ``bytes``, or a list of them; default
+            env ``CKPT_ENCRYPTION_KEY``. The first key encrypts new records, every listed key
+            decrypts (rotation); when set, plaintext records are refused. See
+            :mod:`ckpt_core.crypto`.
         retention: ``"delete"`` (default): a correlation's checkpoints are removed after a
             successful attempt; ``"keep"``: they stay until ``cleanup_correlation`` or gc.
         **store_options: options for :func:`~ckpt_core.open_store` when ``store`` is a URL.
@@ -99,6 +110,7 @@ class CheckpointManager:
         allow_pickle: bool = True,
         pickle_modules: Collection[str] | None = None,
         signing_key: str | bytes | None = None,
+        encryption_key: crypto.KeyInput = None,
         retention: Retention = "delete",
         **store_options: Any,
     ) -> None:
@@ -111,6 +123,7 @@ class CheckpointManager:
         self.retention: Retention = retention
         self.codecs = CodecSet(allow_pickle=allow_pickle, pickle_modules=pickle_modules)
         self._signing_key = _signing_key(signing_key)
+        self._keyring = crypto.keyring(encryption_key)
 
     def __repr__(self) -> str:
         return f"CheckpointManager({self.store!r}, namespace={self.namespace!r})"
@@ -141,6 +154,7 @@ class CheckpointManager:
     def _save_plan(
         self, ctx: RunContext, node: str, value: Any, scope: Scope, codec: str | None
     ) -> Plan[CheckpointInfo]:
+        self._check_lease(ctx)
         scope = Scope(scope)
         key = self.key_for(ctx, node, scope)
         chosen, encoded = self.codecs.encode(value, codec or self.codec, node)
@@ -156,7 +170,10 @@ class CheckpointManager:
             "corr": ctx.correlation_id,
             "attempt": ctx.attempt,
         }
-        record = Record(header, encoded.buffers, self._signing_key)
+        keyring = self._keyring
+        record = Record(
+            header, encoded.buffers, self._signing_key, keyring.primary if keyring else None
+        )
         yield StoreOp("put", (key, record))
         return CheckpointInfo(
             namespace=self.namespace,
@@ -173,21 +190,25 @@ class CheckpointManager:
             attempt=ctx.attempt,
             created_at=created,
             signed=self._signing_key is not None,
+            encrypted=record.encrypted,
         )
 
     def _load_plan(self, ctx: RunContext, node: str, schema: Any) -> Plan[Any]:
-        found = yield StoreOp("get_first", (self._lookup_keys(ctx, node),))
+        found = yield StoreOp("read_first", (self._lookup_keys(ctx, node), self._open))
         if found is None:
             raise CheckpointNotFound(
                 f"no checkpoint for node {node!r} in run {ctx.run_id!r} or correlation "
                 f"{ctx.correlation_id!r} (namespace {self.namespace!r}) on {self.store.url}",
                 node=node,
             )
-        key, data = found
-        return self._decode(key, data, node, schema)
+        key, opened = found
+        return self._decode(key, opened, node, schema)
 
-    def _decode(self, key: str, data: Any, node: str, schema: Any) -> Any:
-        opened = open_record(data, key, self._signing_key)
+    def _open(self, key: str, stream: ReadStream) -> OpenedRecord:
+        """Verify (and decrypt) the record the store found; runs where the store reads it."""
+        return read_record(key, stream, self._signing_key, self._keyring)
+
+    def _decode(self, key: str, opened: OpenedRecord, node: str, schema: Any) -> Any:
         header = opened.header
         if not (_same_id(header.get("ns"), self.namespace) and _same_id(header.get("node"), node)):
             raise CheckpointCorrupted(
@@ -199,8 +220,14 @@ class CheckpointManager:
         codec = self.codecs.decoder(header["codec"], key)
         try:
             value = codec.decode(opened.parts, header.get("schema"), want=schema)
-        except CheckpointError:
-            raise
+        except CheckpointError as exc:
+            if key in str(exc) or type(exc) not in _KEYED:
+                raise
+            # Codecs do not know the key (a lying numpy shape, a refused pickle class): name it.
+            keyed = type(exc)(f"checkpoint {key}: {exc}")
+            if isinstance(keyed, CheckpointCorrupted):
+                keyed.key = key
+            raise keyed from None
         except Exception as exc:
             raise SerializationError(
                 f"cannot decode checkpoint {key} (codec {codec.name}): "
@@ -330,3 +357,61 @@ class CheckpointManager:
 
     async def aclose(self) -> None:
         await self.store.aclose()
+
+    # -- single-writer mode (exclusive=True) -------------------------------------------------
+    def acquire_lease(
+        self, ctx: RunContext, *, ttl: float = DEFAULT_LEASE_TTL, renew: bool = True
+    ) -> Lease:
+        """Hold ``ctx``'s correlation exclusively until the returned lease is released.
+
+        A second attempt of the same correlation (any process, any host sharing the store) then
+        fails at once with :class:`~ckpt_core.errors.ConcurrentRunError` naming the holder,
+        instead of interleaving its checkpoints with this one's. Other correlations are never
+        blocked. ``ckpt.run(..., exclusive=True)`` calls this on entry and releases on exit.
+
+        Args:
+            ctx: the attempt taking the lease; the lease covers its correlation in this
+                manager's namespace.
+            ttl: seconds the lease lives without renewal; a crashed holder blocks its
+                correlation at most this long (a local directory frees it at once).
+            renew: renew every ``ttl / 3`` in a daemon thread until released. If the lease is
+                lost anyway, the next :meth:`save` of this correlation raises
+                :class:`~ckpt_core.errors.ConcurrentRunError` instead of writing.
+
+        Raises:
+            ConcurrentRunError: another attempt holds the lease.
+            StoreConfigError: the store has no lease primitive (see :mod:`ckpt_core.lease`).
+        """
+        lease = _lease.acquire_lease(self.store, ctx, self.namespace, ttl=ttl, renew=renew)
+        self._track_lease(lease)
+        return lease
+
+    async def aacquire_lease(
+        self, ctx: RunContext, *, ttl: float = DEFAULT_LEASE_TTL, renew: bool = True
+    ) -> Lease:
+        """Async twin of :meth:`acquire_lease`."""
+        lease = await _lease.aacquire_lease(self.store, ctx, self.namespace, ttl=ttl, renew=renew)
+        self._track_lease(lease)
+        return lease
+
+    def _held_leases(self) -> dict[str, Lease]:
+        """Leases taken through this manager, by correlation id (made on first use)."""
+        table: dict[str, Lease] = self.__dict__.setdefault("_leases", {})
+        return table
+
+    def _track_lease(self, lease: Lease) -> None:
+        table = self._held_leases()
+        correlation = lease.holder.correlation_id
+        table[correlation] = lease
+
+        def forget(released: Lease) -> None:
+            if table.get(correlation) is released:
+                del table[correlation]
+
+        lease.on_release(forget)
+
+    def _check_lease(self, ctx: RunContext) -> None:
+        """Refuse to write for a correlation whose lease this manager held and lost."""
+        lease = self.__dict__.get("_leases", {}).get(ctx.correlation_id)
+        if lease is not None:
+            lease.check()

@@ -10,6 +10,10 @@ Primitives (``op`` and ``aop`` twins with the same signature):
   ``data`` is ``bytes`` or a :class:`Payload` (iterated once per attempt, in order).
 - ``get(key)``: the whole record, or ``None``. ``get_first(keys)``: the first key that exists (one
   round trip where the backend allows it; the manager's RUN-then-CORRELATION lookup uses it).
+- ``read_first(keys, read)``: like ``get_first``, but hands the record to ``read(key, stream)`` as
+  a :class:`ReadStream` and returns ``(key, result)``. The default wraps ``get_first``; a store
+  that can read ranges of a large record without loading it whole (local files) overrides it,
+  so the envelope can read a payload straight into the buffer it is decoded from.
 - ``head(key)``: :class:`ObjectInfo` or ``None``, never reading the payload.
 - ``delete(key)``; ``delete_prefix(prefix)`` for a directory-like prefix ending in ``/``, returning
   how many records went; ``list(prefix)``, every record below the prefix.
@@ -25,12 +29,15 @@ import abc
 import asyncio
 import builtins
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 from ..errors import InvalidKey
 from ..serde.base import Buffer
+
+if TYPE_CHECKING:
+    from ..lease import LeaseBackend
 
 
 @runtime_checkable
@@ -43,6 +50,50 @@ class Payload(Protocol):
 
 
 Data = bytes | bytearray | memoryview | Payload
+R = TypeVar("R")
+
+
+class ReadStream(Protocol):
+    """Random access to one stored record of ``size`` bytes, for :meth:`Store.read_first`."""
+
+    size: int
+    #: The record is already in memory: ``whole()`` is free, and reading parts out of it would
+    #: only copy them.
+    in_memory: bool
+
+    def pread(self, n: int, offset: int) -> Buffer:
+        """``n`` bytes from ``offset`` (fewer only at the end of the record)."""
+        ...
+
+    def preadinto(self, view: memoryview, offset: int) -> int:
+        """Fill ``view`` from ``offset``; the number of bytes read (short only at the end)."""
+        ...
+
+    def whole(self) -> Buffer:
+        """The whole record as one buffer."""
+        ...
+
+
+class BufferStream:
+    """A :class:`ReadStream` over a record already in memory (zero-copy views)."""
+
+    __slots__ = ("_view", "size")
+    in_memory = True
+
+    def __init__(self, data: Buffer) -> None:
+        self._view = memoryview(data).cast("B")
+        self.size = self._view.nbytes
+
+    def pread(self, n: int, offset: int) -> Buffer:
+        return self._view[offset : offset + n]
+
+    def preadinto(self, view: memoryview, offset: int) -> int:
+        piece = self._view[offset : offset + view.nbytes]
+        view[: piece.nbytes] = piece
+        return piece.nbytes
+
+    def whole(self) -> Buffer:
+        return self._view
 
 
 def iter_chunks(data: Data) -> Iterable[Buffer]:
@@ -133,6 +184,14 @@ class Store(abc.ABC):
                 return key, data
         return None
 
+    def read_first(
+        self, keys: Sequence[str], read: Callable[[str, ReadStream], R]
+    ) -> tuple[str, R] | None:
+        found = self.get_first(keys)
+        if found is None:
+            return None
+        return found[0], read(found[0], BufferStream(found[1]))
+
     @abc.abstractmethod
     def head(self, key: str) -> ObjectInfo | None: ...
 
@@ -148,6 +207,14 @@ class Store(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
         """Release connections; the store may not be used afterwards."""
 
+    def lease_backend(self) -> LeaseBackend:
+        """The lease primitives behind ``exclusive=True`` (one writer per correlation; see
+        :mod:`ckpt_core.lease`). Stores without them raise
+        :class:`~ckpt_core.errors.StoreConfigError`."""
+        from ..lease import unsupported
+
+        raise unsupported(self)
+
     # -- async twins -----------------------------------------------------------------------
     @abc.abstractmethod
     async def aput(self, key: str, data: Data) -> None: ...
@@ -161,6 +228,14 @@ class Store(abc.ABC):
             if data is not None:
                 return key, data
         return None
+
+    async def aread_first(
+        self, keys: Sequence[str], read: Callable[[str, ReadStream], R]
+    ) -> tuple[str, R] | None:
+        found = await self.aget_first(keys)
+        if found is None:
+            return None
+        return found[0], read(found[0], BufferStream(found[1]))
 
     @abc.abstractmethod
     async def ahead(self, key: str) -> ObjectInfo | None: ...
@@ -199,6 +274,11 @@ class BlockingStore(Store):
 
     async def aget_first(self, keys: Sequence[str]) -> tuple[str, Buffer] | None:
         return await asyncio.to_thread(self.get_first, keys)
+
+    async def aread_first(
+        self, keys: Sequence[str], read: Callable[[str, ReadStream], R]
+    ) -> tuple[str, R] | None:
+        return await asyncio.to_thread(self.read_first, keys, read)
 
     async def ahead(self, key: str) -> ObjectInfo | None:
         return await asyncio.to_thread(self.head, key)

@@ -25,28 +25,39 @@ URL redacted and every credential the store was given masked.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import errno
 import io
+import json
 import os
 import threading
+import time
+import uuid
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError, StoreConfigError, StoreUnavailable
+from ..lease import LEASE_DIR, BlockingLeaseBackend, Claim, Held, unsupported
 from ..redact import is_secret_name, redact_text, redact_url
 from ..serde.base import Buffer
 from .base import (
     BlockingStore,
     Data,
     ObjectInfo,
+    R,
+    ReadStream,
     data_size,
     iter_chunks,
     join_chunks,
     validate_key,
     validate_prefix,
 )
-from .local import LocalFiles, is_disk_full
+from .local import LocalFiles, disk_full_advice, is_disk_full
+
+if TYPE_CHECKING:
+    from ..lease import LeaseBackend
 
 _LOCAL_PROTOCOLS = {"file", "local"}
 _S3_PROTOCOLS = {"s3", "s3a"}
@@ -526,9 +537,11 @@ class FsspecStore(BlockingStore):
                     "Create it, or fix the bucket name in the URL"
                 ) from None
             if is_disk_full(exc):
+                # Local writes go to a temp file that is removed when the write fails.
+                left = "nothing partial was left, and " if self.local else ""
                 raise StoreUnavailable(
-                    f"{action} {key!r} on {self.url} failed: {exc.strerror or exc}. Free space "
-                    "or point ckpt at a larger store; earlier checkpoints are intact"
+                    f"{action} {key!r} on {self.url} failed: {disk_full_advice(exc)}; "
+                    f"{left}earlier checkpoints are intact"
                 ) from None
             if exc.errno in (errno.ENOENT, errno.ENOTDIR) and not self.local:
                 raise StoreConfigError(
@@ -564,6 +577,14 @@ class FsspecStore(BlockingStore):
         with self._errors("reading", next(iter(keys), "")):
             return self._files.get_first(keys)
 
+    def read_first(
+        self, keys: Sequence[str], read: Callable[[str, ReadStream], R]
+    ) -> tuple[str, R] | None:
+        if not isinstance(self._files, LocalFiles):
+            return super().read_first(keys, read)
+        with self._errors("reading", next(iter(keys), "")):
+            return self._files.read_first(keys, read)
+
     def head(self, key: str) -> ObjectInfo | None:
         with self._errors("checking", key):
             return self._files.head(key)
@@ -586,6 +607,20 @@ class FsspecStore(BlockingStore):
             return self._files.sweep_temp_files(older_than)
         return 0
 
+    def lease_backend(self) -> LeaseBackend:
+        """Local directories lock a file (``flock``); S3 uses conditional writes; other
+        filesystems have no lease primitive. See :mod:`ckpt_core.lease`."""
+        leases: LeaseBackend | None = getattr(self, "_leases", None)
+        if leases is None:
+            if isinstance(self._files, LocalFiles):
+                leases = _LocalLeases(self, self._files.root)
+            elif self._files.is_s3:
+                leases = _S3Leases(self, self._files)
+            else:
+                raise unsupported(self)
+            self._leases = leases
+        return leases
+
 
 def _s3_defaults(options: dict[str, Any]) -> dict[str, Any]:
     """Bounded timeouts and retries for s3fs unless the user chose their own."""
@@ -597,3 +632,310 @@ def _s3_defaults(options: dict[str, Any]) -> dict[str, Any]:
         config["retries"] = {"total_max_attempts": 3, "mode": "standard"}
     options["config_kwargs"] = config
     return options
+
+
+# -- leases (exclusive=True; see ckpt_core.lease) -----------------------------------------------
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class _LocalLeases(BlockingLeaseBackend):
+    """A lease is an exclusive ``flock`` on ``<root>/.leases/<ns>/<corr>``.
+
+    The kernel releases the lock when the holder's descriptor closes, including when its process
+    dies, so a lease never outlives its process and needs no expiry. The holder's record is
+    written into the locked file for the next contender to read. Release unlinks the file while
+    still holding the lock; a contender that locked the file just before the unlink notices
+    (the path no longer names its inode) and starts again, so two holders never coexist.
+    """
+
+    expires = False
+
+    def __init__(self, store: FsspecStore, root: str) -> None:
+        self.url = store.url
+        self._store = store
+        self._dir = os.path.join(root, LEASE_DIR)
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self._dir, *validate_key(name).split("/"))
+
+    @staticmethod
+    def _is_file_at(fd: int, path: str) -> bool:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+    @staticmethod
+    def _read_holder(fd: int) -> bytes | None:
+        """The record in a file someone else has locked (it may be mid-write: retry briefly)."""
+        data = b""
+        for _ in range(20):
+            data = os.pread(fd, 1 << 16, 0)
+            try:
+                json.loads(data)
+                return data
+            except ValueError:
+                time.sleep(0.005)
+        return data or None
+
+    def acquire(self, name: str, record: bytes, ttl: float) -> Claim | Held:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            raise unsupported(self._store) from None
+        path = self._path(name)
+        with self._store._errors("taking the lease", name):
+            for _ in range(20):
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+                except FileNotFoundError:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = self._read_holder(fd)
+                    os.close(fd)
+                    return Held(holder, None)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if not self._is_file_at(fd, path):
+                    os.close(fd)  # released (unlinked) between our open and our lock
+                    continue
+                try:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, record, 0)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                return Claim(name, fd)
+        raise StoreUnavailable(
+            f"taking the lease {name!r} on {self.url}: the lock file kept being replaced while "
+            "we locked it; retry"
+        )
+
+    def renew(self, claim: Claim, record: bytes, ttl: float) -> Claim | None:
+        # Nothing expires; the lock is still ours unless someone removed the file under it.
+        with self._store._errors("renewing the lease", claim.name):
+            return claim if self._is_file_at(claim.token, self._path(claim.name)) else None
+
+    def release(self, claim: Claim) -> None:
+        fd = claim.token
+        with self._store._errors("releasing the lease", claim.name):
+            try:
+                path = self._path(claim.name)
+                if self._is_file_at(fd, path):
+                    os.unlink(path)  # while still locked: see the class docstring
+            finally:
+                os.close(fd)
+
+
+#: Error codes of an S3 conditional request whose condition did not hold (412), or that raced a
+#: concurrent conditional request on the same key (409, AWS).
+_CONDITION_FAILED = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+_NOT_SUPPORTED = {"NotImplemented", "501"}
+
+
+def _s3_error_code(exc: BaseException) -> str | None:
+    """The S3 error code behind ``exc`` (s3fs wraps botocore's ``ClientError`` in an OSError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        response = getattr(current, "response", None)
+        if isinstance(response, dict):
+            code = response.get("Error", {}).get("Code")
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code or status:
+                return str(code or status)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+@dataclass(frozen=True)
+class _LeaseObject:
+    data: bytes
+    etag: str
+    age: float
+    ttl: float | None
+
+
+class _S3Leases(BlockingLeaseBackend):
+    """A lease is the object ``<prefix>/.leases/<ns>/<corr>``; every write is a compare-and-swap.
+
+    - Take a free lease: ``PutObject`` with ``If-None-Match: *`` (only one creator wins).
+    - Take an expired lease: ``PutObject`` with ``If-Match: <ETag we judged expired>``; if the
+      holder renewed or another contender took it meanwhile, the ETag changed and we get 412.
+    - Renew: ``PutObject`` with ``If-Match: <our ETag>`` and a new body (a renewal counter in it,
+      so each renewal has a new ETag and an old ETag can never match again).
+    - Release: ``DeleteObject`` with ``If-Match: <our ETag>``: never deletes a successor's lease.
+
+    Every version of the lease object is therefore written by exactly one party that saw the
+    version before it, so two holders never coexist. (Delete-then-create would not be safe: two
+    contenders could each delete the other's fresh lease.) Expiry is judged on the server's clock:
+    the age is the response's ``Date`` minus the object's ``Last-Modified``, and both have
+    one-second resolution, so a lease counts as expired one second after its ttl.
+
+    Before the first lease, the server is probed once for enforcing these conditions (some
+    S3-compatible servers ignore them); if it does not, exclusive runs are refused with a
+    :class:`StoreConfigError` rather than silently unprotected.
+    """
+
+    SLACK = 1.0
+
+    def __init__(self, store: FsspecStore, files: _RemoteFiles) -> None:
+        self.url = store.url
+        self._store = store
+        self._files = files
+        self._probed = False
+        self._probe_lock = threading.Lock()
+
+    def _location(self, name: str) -> tuple[str, str]:
+        root = self._files.root
+        bucket, key, _version = self._files.fs.split_path(f"{root}/{LEASE_DIR}/{name}")
+        return bucket, key
+
+    def _put(
+        self, bucket: str, key: str, record: bytes, ttl: float, **condition: str
+    ) -> str | None:
+        """Write the lease object if ``condition`` holds: its new ETag, or ``None`` if not."""
+        try:
+            out = self._files.fs.call_s3(
+                "put_object",
+                Bucket=bucket,
+                Key=key,
+                Body=record,
+                Metadata={"ckpt-lease-ttl": repr(float(ttl))},
+                **condition,
+            )
+        except Exception as exc:
+            if _s3_error_code(exc) in _CONDITION_FAILED:
+                return None
+            raise
+        return str(out["ETag"])
+
+    def _read(self, bucket: str, key: str) -> _LeaseObject | None:
+        """The lease object with its ETag and age on the server's clock, or ``None``."""
+        from fsspec.asyn import sync
+
+        fs = self._files.fs
+
+        async def fetch() -> tuple[dict[str, Any], bytes] | None:
+            try:
+                out = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+            except FileNotFoundError:
+                return None
+            try:
+                data = await out["Body"].read()
+            finally:
+                out["Body"].close()
+            return out, data
+
+        got = sync(fs.loop, fetch)
+        if got is None:
+            return None
+        out, data = got
+        modified = out.get("LastModified")
+        date = out.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        now = email.utils.parsedate_to_datetime(date).timestamp() if date else time.time()
+        age = now - modified.timestamp() if modified is not None else float("inf")
+        try:
+            ttl: float | None = float(out.get("Metadata", {})["ckpt-lease-ttl"])
+        except (KeyError, TypeError, ValueError):
+            ttl = None
+        return _LeaseObject(bytes(data), str(out["ETag"]), age, ttl)
+
+    def _check_conditional_writes(self, bucket: str) -> None:
+        """Once per store: does the server enforce If-None-Match and If-Match?"""
+        if self._probed:
+            return
+        with self._probe_lock:
+            if self._probed:
+                return
+            _, key = self._location(f".probe-{uuid.uuid4().hex[:12]}")
+            fs = self._files.fs
+            problem = None
+            try:
+                if self._put(bucket, key, b"probe", 0, IfNoneMatch="*") is None:
+                    problem = "refused to create a new object with If-None-Match: *"
+                elif self._put(bucket, key, b"probe", 0, IfNoneMatch="*") is not None:
+                    problem = "overwrote an existing object despite If-None-Match: *"
+                elif self._put(bucket, key, b"probe", 0, IfMatch='"' + "0" * 32 + '"'):
+                    problem = "overwrote an object whose ETag did not match If-Match"
+                else:
+                    try:
+                        fs.call_s3(
+                            "delete_object", Bucket=bucket, Key=key, IfMatch='"' + "0" * 32 + '"'
+                        )
+                        problem = "deleted an object whose ETag did not match If-Match"
+                    except Exception as exc:
+                        if _s3_error_code(exc) not in _CONDITION_FAILED:
+                            raise
+            except Exception as exc:
+                if _s3_error_code(exc) not in _NOT_SUPPORTED:
+                    raise
+                problem = f"does not implement conditional requests ({_s3_error_code(exc)})"
+            finally:
+                with contextlib.suppress(Exception):
+                    fs.call_s3("delete_object", Bucket=bucket, Key=key)
+            if problem:
+                raise StoreConfigError(
+                    f"exclusive=True needs an S3 server that enforces conditional writes "
+                    f"(If-None-Match on PutObject, If-Match on PutObject and DeleteObject), but "
+                    f"{self.url} {problem}. Use AWS S3, a server with conditional writes, or a "
+                    "Redis store for exclusive runs"
+                )
+            self._probed = True
+
+    def acquire(self, name: str, record: bytes, ttl: float) -> Claim | Held:
+        bucket, key = self._location(validate_key(name))
+        with self._store._errors("taking the lease", name):
+            self._check_conditional_writes(bucket)
+            for _ in range(8):
+                etag = self._put(bucket, key, record, ttl, IfNoneMatch="*")
+                if etag is not None:
+                    return Claim(name, etag)
+                current = self._read(bucket, key)
+                if current is None:
+                    continue  # released since our put: try again
+                if current.data == record:
+                    # Our own put landed, and a retry of it (lost response) was refused.
+                    return Claim(name, current.etag)
+                left = (ttl if current.ttl is None else current.ttl) + self.SLACK - current.age
+                if left > 0:
+                    return Held(current.data, left)
+                etag = self._put(bucket, key, record, ttl, IfMatch=current.etag)
+                if etag is not None:
+                    return Claim(name, etag)
+                # Renewed or taken by someone else since we read it: look again.
+        raise StoreUnavailable(
+            f"taking the lease {name!r} on {self.url}: it changed hands 8 times while we "
+            "tried; retry"
+        )
+
+    def renew(self, claim: Claim, record: bytes, ttl: float) -> Claim | None:
+        bucket, key = self._location(validate_key(claim.name))
+        with self._store._errors("renewing the lease", claim.name):
+            etag = self._put(bucket, key, record, ttl, IfMatch=claim.token)
+            if etag is not None:
+                return Claim(claim.name, etag)
+            current = self._read(bucket, key)
+            if current is not None and current.data == record:
+                return Claim(claim.name, current.etag)  # our put landed; its retry was refused
+            return None
+
+    def release(self, claim: Claim) -> None:
+        bucket, key = self._location(validate_key(claim.name))
+        with self._store._errors("releasing the lease", claim.name):
+            try:
+                self._files.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=claim.token)
+            except FileNotFoundError:
+                return
+            except Exception as exc:
+                if _s3_error_code(exc) not in _CONDITION_FAILED:
+                    raise
+            self._files.fs.invalidate_cache(f"{self._files.root}/{LEASE_DIR}")

@@ -20,10 +20,19 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..serde.base import Buffer
-from .base import Data, ObjectInfo, iter_chunks, validate_key, validate_prefix
+from .base import (
+    BufferStream,
+    Data,
+    ObjectInfo,
+    R,
+    ReadStream,
+    iter_chunks,
+    validate_key,
+    validate_prefix,
+)
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 TEMP_SUFFIX = ".tmp"
@@ -42,6 +51,18 @@ def _write_all(fd: int, chunk: Buffer) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def _read_exactly_at(fd: int, size: int) -> Buffer:
+    buf = bytearray(size)
+    filled = 0
+    view = memoryview(buf)
+    while filled < size:
+        n = os.preadv(fd, [view[filled:]], filled)
+        if not n:
+            break
+        filled += n
+    return buf if filled == size else buf[:filled]
 
 
 def _read_exactly(fd: int, size: int) -> Buffer:
@@ -71,6 +92,40 @@ def _read_exactly(fd: int, size: int) -> Buffer:
 
 #: Files up to this size are read with one ``os.read`` (one syscall, no zero-filled buffer).
 _ONE_READ = 1 << 20
+
+
+class FileStream:
+    """A :class:`~ckpt_core.stores.base.ReadStream` over an open record file (positional reads,
+    so nothing depends on the file offset)."""
+
+    __slots__ = ("_fd", "size")
+    in_memory = False
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self.size = size
+
+    def pread(self, n: int, offset: int) -> Buffer:
+        n = max(0, min(n, self.size - offset))
+        data = os.pread(self._fd, n, offset)  # a new bytes object, filled by the kernel
+        while len(data) < n:
+            more = os.pread(self._fd, n - len(data), offset + len(data))
+            if not more:
+                break
+            data += more
+        return data
+
+    def preadinto(self, view: memoryview, offset: int) -> int:
+        filled = 0
+        while filled < view.nbytes:
+            n = os.preadv(self._fd, [view[filled:]], offset + filled)
+            if not n:
+                break
+            filled += n
+        return filled
+
+    def whole(self) -> Buffer:
+        return _read_exactly_at(self._fd, self.size)
 
 
 class LocalFiles:
@@ -146,6 +201,30 @@ class LocalFiles:
             data = self.get(key)
             if data is not None:
                 return key, data
+        return None
+
+    def read_first(
+        self, keys: Sequence[str], read: Callable[[str, ReadStream], R]
+    ) -> tuple[str, R] | None:
+        """Hand the first existing record to ``read``: a small one read whole, a large one as a
+        :class:`FileStream` over its open file, so its payload is read once, straight into the
+        buffer it is decoded from (no zero-filled copy of the whole record, no second copy)."""
+        for key in keys:
+            try:
+                fd = os.open(self.path(key), os.O_RDONLY | _O_CLOEXEC)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                continue
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                if st.st_size <= _ONE_READ:
+                    return key, read(key, BufferStream(_read_exactly(fd, st.st_size)))
+                # The file is never rewritten in place (writes rename a new file over it), so
+                # the open descriptor reads one consistent record however long reading takes.
+                return key, read(key, FileStream(fd, st.st_size))
+            finally:
+                os.close(fd)
         return None
 
     def head(self, key: str) -> ObjectInfo | None:
@@ -231,3 +310,22 @@ class LocalFiles:
 
 def is_disk_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def disk_full_advice(exc: OSError) -> str:
+    """What ran out, and what to do, for an error :func:`is_disk_full` accepts."""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EFBIG:
+        return (
+            f"{reason}: the record is larger than this process may write (ulimit -f) or than "
+            "the filesystem allows. Raise the limit, or point ckpt at another store"
+        )
+    if exc.errno == errno.EDQUOT:
+        return (
+            f"{reason}: the disk quota is used up. Free space (ckpt gc removes old "
+            "checkpoints) or raise the quota"
+        )
+    return (
+        f"{reason}: the filesystem has no free space (or no free inodes) left. Free space "
+        "(ckpt gc removes old checkpoints) or point ckpt at a larger store"
+    )

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from ..lease import Claim, Held, LeaseBackend
 from ..serde.base import Buffer
 from .base import Data, ObjectInfo, Store, join_chunks, validate_key, validate_prefix
 
@@ -96,3 +97,55 @@ class MemoryStore(Store):
 
     async def alist(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         return self.list(prefix)
+
+    def lease_backend(self) -> LeaseBackend:
+        """Leases in a dict beside the records (never listed); see :mod:`ckpt_core.lease`."""
+        with self._lock:
+            leases: _MemoryLeases | None = getattr(self, "_leases", None)
+            if leases is None:
+                leases = self._leases = _MemoryLeases(self.url)
+        return leases
+
+
+class _MemoryLeases(LeaseBackend):
+    """Leases of one :class:`MemoryStore`: ``name -> (record, expiry)`` under a lock, expiring
+    on the monotonic clock. The record doubles as the claim token (each holds a fresh token)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._held: dict[str, tuple[bytes, float]] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, name: str, record: bytes, ttl: float) -> Claim | Held:
+        validate_key(name)
+        now = time.monotonic()
+        with self._lock:
+            current = self._held.get(name)
+            if current is not None and current[1] > now:
+                return Held(current[0], current[1] - now)
+            self._held[name] = (record, now + ttl)
+        return Claim(name, record)
+
+    def renew(self, claim: Claim, record: bytes, ttl: float) -> Claim | None:
+        now = time.monotonic()
+        with self._lock:
+            current = self._held.get(claim.name)
+            if current is None or current[0] != claim.token or current[1] <= now:
+                return None
+            self._held[claim.name] = (current[0], now + ttl)
+        return claim
+
+    def release(self, claim: Claim) -> None:
+        with self._lock:
+            current = self._held.get(claim.name)
+            if current is not None and current[0] == claim.token:
+                del self._held[claim.name]
+
+    async def aacquire(self, name: str, record: bytes, ttl: float) -> Claim | Held:
+        return self.acquire(name, record, ttl)
+
+    async def arenew(self, claim: Claim, record: bytes, ttl: float) -> Claim | None:
+        return self.renew(claim, record, ttl)
+
+    async def arelease(self, claim: Claim) -> None:
+        self.release(claim)

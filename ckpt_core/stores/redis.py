@@ -50,6 +50,7 @@ import redis.retry
 
 from ..errors import CheckpointCorrupted, CheckpointError, StoreConfigError, StoreUnavailable
 from ..keys import escape_glob
+from ..lease import Claim, Held, LeaseBackend
 from ..redact import is_secret_name, keep_slashes, redact_text, redact_url
 from ..serde.base import Buffer
 from .base import (
@@ -111,6 +112,13 @@ class _Batch:
 _Plan = Generator[_Batch, list[Any], T]
 
 
+def _aborted(batch: _Batch, exc: redis.ResponseError) -> list[Any]:
+    """The results of a transaction the server refused as a whole (``EXECABORT``, or ``EXEC``
+    refused when out of memory): no command ran, and each one's result is the error, so the plan
+    sees it (and can clean up) instead of the driver raising past it."""
+    return [exc] * len(batch.commands)
+
+
 def _is_wrongtype(result: Any) -> bool:
     return isinstance(result, redis.ResponseError) and str(result).startswith("WRONGTYPE")
 
@@ -120,6 +128,15 @@ def _ok(result: Any) -> Any:
     if isinstance(result, BaseException):
         raise result
     return result
+
+
+@dataclass
+class _Staging:
+    """How far a chunked save got: chunks staged under ``gen``, manifest published or not."""
+
+    gen: bytes
+    count: int = 0
+    published: bool = False
 
 
 @dataclass(frozen=True)
@@ -317,7 +334,10 @@ class RedisStore(Store):
         try:
             gen = raw[b"gen"]
             n, size = int(raw[b"n"]), int(raw[b"size"])
-            if not gen or not gen.isalnum() or n < 0 or size < 0:
+            # Every chunk holds at least one byte (only records larger than a chunk are
+            # chunked), so n <= size: a manifest claiming 10**9 chunks of a 10-byte record, or
+            # any chunks of an empty one, was not written by ckpt.
+            if not gen or not gen.isalnum() or not 0 < n <= size or len(gen) > 64:
                 raise ValueError(raw)
         except (KeyError, ValueError, TypeError):
             key = self._key(rkey)
@@ -356,7 +376,24 @@ class RedisStore(Store):
         yield from self._put_chunked_plan(key, rkey, data)
 
     def _put_chunked_plan(self, key: str, rkey: bytes, data: Data) -> _Plan[None]:
-        gen = uuid.uuid4().hex[:16].encode()
+        staging = _Staging(uuid.uuid4().hex[:16].encode())
+        try:
+            yield from self._stage_and_publish(key, rkey, data, staging)
+        except redis.ResponseError:
+            # The server refused a chunk or the publish (out of memory, most often): unless the
+            # manifest went in, remove what this save staged now rather than leave it to the
+            # staging TTL. (A lost connection or a dying writer leaves them to the TTL.)
+            if not staging.published and staging.count:
+                keys = [self._chunk_key(rkey, staging.gen, i) for i in range(staging.count)]
+                for start in range(0, len(keys), _SCAN_COUNT):
+                    yield _Batch((_Cmd("unlink", tuple(keys[start : start + _SCAN_COUNT])),))
+            raise
+
+    def _stage_and_publish(
+        self, key: str, rkey: bytes, data: Data, staging: _Staging
+    ) -> _Plan[None]:
+        """Stage the chunks under ``staging.gen``, then publish the manifest."""
+        gen = staging.gen
         per_batch = max(1, PIPELINE_BYTES // self.chunk_size)
         staged: list[_Cmd] = []
         count = written = 0
@@ -365,6 +402,7 @@ class RedisStore(Store):
                 _Cmd("set", (self._chunk_key(rkey, gen, count), piece), {"px": STAGING_TTL_MS})
             )
             count += 1
+            staging.count = count
             written += memoryview(piece).nbytes
             if len(staged) >= per_batch:
                 for result in (yield _Batch(tuple(staged))):
@@ -388,6 +426,7 @@ class RedisStore(Store):
                 _Cmd("pexpire", (ck, self._ttl_ms)) if self._ttl_ms else _Cmd("persist", (ck,))
             )
         results = yield _Batch(tuple(commit), transaction=True)
+        staging.published = not isinstance(results[3], BaseException)
         for result in (results[0], *results[2:]):
             _ok(result)
         old = results[1] if not _is_wrongtype(results[1]) else None
@@ -438,41 +477,76 @@ class RedisStore(Store):
         )
 
     def _read_chunked(self, rkey: bytes) -> _Plan[Any]:
-        """The chunked record at ``rkey``; ``None`` if gone, ``_RETRY`` if it changed meanwhile."""
+        """The chunked record at ``rkey``; ``None`` if gone, ``_RETRY`` if it changed meanwhile.
+
+        The manifest is checked against the chunks before any memory is taken: their lengths
+        (``STRLEN``, a thousand per round trip) must add up to its ``size``, so a hash declaring
+        10 GB over a few small chunks, or a billion chunks that do not exist, costs a round trip
+        and an error, never a 10 GB buffer. Reading then takes one buffer of the record's size.
+        """
         (raw,) = yield _Batch((_Cmd("hgetall", (rkey,)),))
         if _is_wrongtype(raw):
+            (kind,) = yield _Batch((_Cmd("type", (rkey,)),))
+            kind = _ok(kind)
+            kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+            if kind not in ("string", "none"):
+                raise CheckpointCorrupted(
+                    f"Redis key {rkey!r} on {self.url} holds a {kind}, not a ckpt record; "
+                    "delete it (ckpt rm) and let the step recompute",
+                    key=self._key(rkey),
+                )
             return _RETRY  # replaced by a small record since our GET
         manifest = self._manifest(_ok(raw), rkey)
         if manifest is None:
             return None
+        total = 0
+        for start in range(0, manifest.n, _SCAN_COUNT):
+            indexes = range(start, min(manifest.n, start + _SCAN_COUNT))
+            lengths = yield _Batch(
+                tuple(_Cmd("strlen", (self._chunk_key(rkey, manifest.gen, i),)) for i in indexes)
+            )
+            if any(_is_wrongtype(n) or not _ok(n) for n in lengths):  # chunks are never empty
+                return (yield from self._chunks_gone(rkey, manifest))
+            total += sum(int(n) for n in lengths)
+            if total > manifest.size:
+                break
+        if total != manifest.size:
+            raise self._size_mismatch(rkey, manifest, f"at least {total}" if total else "0")
         buf = bytearray(manifest.size)
         offset = 0
-        keys = self._chunk_keys(rkey, manifest)
-        per_batch = max(1, PIPELINE_BYTES // max(1, manifest.size // max(1, manifest.n)))
-        for start in range(0, len(keys), per_batch):
-            batch = tuple(_Cmd("get", (k,)) for k in keys[start : start + per_batch])
+        per_batch = max(1, PIPELINE_BYTES // max(1, manifest.size // manifest.n))
+        for start in range(0, manifest.n, per_batch):
+            indexes = range(start, min(manifest.n, start + per_batch))
+            batch = tuple(_Cmd("get", (self._chunk_key(rkey, manifest.gen, i),)) for i in indexes)
             for piece in (yield _Batch(batch)):
                 if piece is None or _is_wrongtype(piece):
-                    # Chunks went away under us: overwritten (start again from the new
-                    # manifest), or lost (expired, evicted, deleted): the record is gone.
-                    (again,) = yield _Batch((_Cmd("hgetall", (rkey,)),))
-                    current = None if _is_wrongtype(again) else self._manifest(_ok(again), rkey)
-                    if _is_wrongtype(again) or (current is not None and current != manifest):
-                        return _RETRY
-                    return None
+                    return (yield from self._chunks_gone(rkey, manifest))
                 piece = _ok(piece)
                 end = offset + len(piece)
-                if end > manifest.size:
-                    break
+                if end > manifest.size:  # a chunk grew since STRLEN: not written by ckpt
+                    raise self._size_mismatch(rkey, manifest, f"more than {offset}")
                 buf[offset:end] = piece
                 offset = end
         if offset != manifest.size:
-            raise CheckpointCorrupted(
-                f"chunked record {self._key(rkey)!r} on {self.url} has {offset} bytes in its "
-                f"chunks, its manifest says {manifest.size}; delete it and let the step recompute",
-                key=self._key(rkey),
-            )
+            raise self._size_mismatch(rkey, manifest, str(offset))
         return buf
+
+    def _chunks_gone(self, rkey: bytes, manifest: _Manifest) -> _Plan[Any]:
+        """Chunks went away under a reader: overwritten (``_RETRY`` from the new manifest), or
+        lost (expired, evicted, deleted): the record is gone (``None``)."""
+        (again,) = yield _Batch((_Cmd("hgetall", (rkey,)),))
+        current = None if _is_wrongtype(again) else self._manifest(_ok(again), rkey)
+        if _is_wrongtype(again) or (current is not None and current != manifest):
+            return _RETRY
+        return None
+
+    def _size_mismatch(self, rkey: bytes, manifest: _Manifest, found: str) -> CheckpointCorrupted:
+        key = self._key(rkey)
+        return CheckpointCorrupted(
+            f"chunked record {key!r} on {self.url} has {found} bytes in its {manifest.n} "
+            f"chunks, its manifest says {manifest.size}; delete it and let the step recompute",
+            key=key,
+        )
 
     def _get_first_plan(self, keys: Sequence[str]) -> _Plan[tuple[str, Buffer] | None]:
         rkeys = [self._rkey(k) for k in keys]
@@ -497,9 +571,10 @@ class RedisStore(Store):
 
     def _head_plan(self, key: str) -> _Plan[ObjectInfo | None]:
         rkey = self._rkey(key)
+        # A plain pipeline, as in list: a server out of memory refuses every MULTI, and a
+        # lookup must keep working there (a record replaced meanwhile reports size 0).
         exists, length, size = yield _Batch(
-            (_Cmd("exists", (rkey,)), _Cmd("strlen", (rkey,)), _Cmd("hget", (rkey, b"size"))),
-            transaction=True,
+            (_Cmd("exists", (rkey,)), _Cmd("strlen", (rkey,)), _Cmd("hget", (rkey, b"size")))
         )
         if not _ok(exists):
             return None
@@ -513,6 +588,15 @@ class RedisStore(Store):
             (self._expire_old_chunks(rkey), _Cmd("hgetall", (rkey,)), _Cmd("delete", (rkey,))),
             transaction=True,
         )
+        if isinstance(expired, redis.exceptions.OutOfMemoryError):
+            # A server out of memory refuses every MULTI, and deleting old checkpoints is how
+            # one gets out of that state: the same delete as one script, which it does run.
+            (fields,) = yield _Batch(
+                (_Cmd("eval", (_DELETE_RECORD, 1, rkey, STAGING_TTL_MS, _SEP)),)
+            )
+            fields = _ok(fields) or []
+            expired = deleted = 0
+            raw = dict(zip(fields[::2], fields[1::2], strict=True))
         _ok(expired)
         _ok(deleted)
         if not _is_wrongtype(raw):
@@ -585,7 +669,10 @@ class RedisStore(Store):
         with client.pipeline(transaction=batch.transaction) as pipe:
             for cmd in batch.commands:
                 getattr(pipe, cmd.name)(*cmd.args, **cmd.kwargs)
-            return list(pipe.execute(raise_on_error=False))
+            try:
+                return list(pipe.execute(raise_on_error=False))
+            except redis.ResponseError as exc:
+                return _aborted(batch, exc)
 
     async def _arun(self, plan: _Plan[T], action: str, key: str) -> T:
         with self._errors(action, key):
@@ -609,7 +696,10 @@ class RedisStore(Store):
         async with client.pipeline(transaction=batch.transaction) as pipe:
             for cmd in batch.commands:
                 getattr(pipe, cmd.name)(*cmd.args, **cmd.kwargs)
-            return list(await pipe.execute(raise_on_error=False))
+            try:
+                return list(await pipe.execute(raise_on_error=False))
+            except redis.ResponseError as exc:
+                return _aborted(batch, exc)
 
     # -- errors --------------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
@@ -639,11 +729,12 @@ class RedisStore(Store):
                 f"{action} {key!r}: Redis at {self.url} is a read-only replica "
                 f"({self._scrub(str(exc))}); point ckpt at the primary"
             ) from None
-        except redis.exceptions.OutOfMemoryError as exc:
+        except redis.exceptions.OutOfMemoryError:
             raise StoreUnavailable(
-                f"{action} {key!r}: Redis at {self.url} is out of memory "
-                f"({self._scrub(str(exc))}). Raise maxmemory, set a ttl on the store, or "
-                "delete old checkpoints; existing checkpoints are intact"
+                f"{action} {key!r}: Redis at {self.url} is out of memory (used memory is above "
+                "its maxmemory and it evicts nothing), so it refuses writes; nothing partial was "
+                "left and earlier checkpoints are intact. Raise maxmemory, set a ttl on the "
+                "store, or delete old checkpoints (ckpt gc / ckpt rm), then retry"
             ) from None
         except redis.ResponseError as exc:
             text = self._scrub(str(exc))
@@ -730,6 +821,102 @@ class RedisStore(Store):
                 await client.connection_pool.disconnect()
         self.close()
 
+    # -- leases (exclusive=True) ---------------------------------------------------------------
+    def lease_backend(self) -> LeaseBackend:
+        """``SET NX PX`` leases with compare-and-swap renewal; see :mod:`ckpt_core.lease`."""
+        return _RedisLeases(self)
+
+
+class _RedisLeases(LeaseBackend):
+    """A lease is the key ``<prefix>:\\0lease\\0<ns>/<corr>`` holding the holder's record.
+
+    Taken with ``SET key record NX PX ttl`` (one atomic command; the expiry is part of the
+    write). Renewed and released by Lua scripts that first compare the stored record with ours,
+    so a holder whose lease expired and was taken over can neither extend nor delete the new
+    holder's lease. The NUL right after the prefix keeps lease keys out of every record listing
+    and scope delete (record keys never start with NUL). Plans run through the store's drivers:
+    one copy of the logic for both flavours.
+    """
+
+    def __init__(self, store: RedisStore) -> None:
+        self.url = store.url
+        self._store = store
+
+    def _lkey(self, name: str) -> bytes:
+        return self._store._ns + b"\x00lease\x00" + validate_key(name).encode()
+
+    def _acquire_plan(self, name: str, record: bytes, ttl: float) -> _Plan[Claim | Held]:
+        lkey, ms = self._lkey(name), max(1, round(ttl * 1000))
+        for _ in range(8):
+            (taken,) = yield _Batch((_Cmd("set", (lkey, record), {"nx": True, "px": ms}),))
+            if _ok(taken):
+                return Claim(name, record)
+            current, left = yield _Batch(
+                (_Cmd("get", (lkey,)), _Cmd("pttl", (lkey,))), transaction=True
+            )
+            current, left = _ok(current), _ok(left)
+            if current is None:
+                continue  # expired or released since our SET: try again
+            if bytes(current) == record:
+                return Claim(name, record)  # our SET landed; its retry (lost reply) was refused
+            return Held(bytes(current), left / 1000 if left >= 0 else None)
+        raise StoreUnavailable(
+            f"taking the lease {name!r} on {self.url}: it changed hands 8 times while we "
+            "tried; retry"
+        )
+
+    def _renew_plan(self, claim: Claim, ttl: float) -> _Plan[Claim | None]:
+        ms = max(1, round(ttl * 1000))
+        (renewed,) = yield _Batch(
+            (_Cmd("eval", (_RENEW_IF_OURS, 1, self._lkey(claim.name), claim.token, ms)),)
+        )
+        return claim if _ok(renewed) == 1 else None
+
+    def _release_plan(self, claim: Claim) -> _Plan[None]:
+        (deleted,) = yield _Batch(
+            (_Cmd("eval", (_DELETE_IF_OURS, 1, self._lkey(claim.name), claim.token)),)
+        )
+        _ok(deleted)
+
+    def acquire(self, name: str, record: bytes, ttl: float) -> Claim | Held:
+        return self._store._run(self._acquire_plan(name, record, ttl), "taking the lease", name)
+
+    def renew(self, claim: Claim, record: bytes, ttl: float) -> Claim | None:
+        return self._store._run(self._renew_plan(claim, ttl), "renewing the lease", claim.name)
+
+    def release(self, claim: Claim) -> None:
+        self._store._run(self._release_plan(claim), "releasing the lease", claim.name)
+
+    async def aacquire(self, name: str, record: bytes, ttl: float) -> Claim | Held:
+        return await self._store._arun(
+            self._acquire_plan(name, record, ttl), "taking the lease", name
+        )
+
+    async def arenew(self, claim: Claim, record: bytes, ttl: float) -> Claim | None:
+        return await self._store._arun(
+            self._renew_plan(claim, ttl), "renewing the lease", claim.name
+        )
+
+    async def arelease(self, claim: Claim) -> None:
+        await self._store._arun(self._release_plan(claim), "releasing the lease", claim.name)
+
+
+#: Extend a lease only if it still holds our record (so never another holder's lease).
+_RENEW_IF_OURS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+#: Delete a lease only if it still holds our record.
+_DELETE_IF_OURS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 
 def _first(keys: Iterable[str]) -> str:
     for key in keys:
@@ -773,4 +960,24 @@ if redis.call('HGET', KEYS[1], 'gen') == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+
+#: Delete a record atomically. A chunk manifest's chunks get the staging TTL first (the UNLINK
+#: that follows is only the fast path) and its fields are returned; a plain record returns nil.
+#: No command here is refused by a server out of memory.
+_DELETE_RECORD = """
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+local fields = redis.call('HGETALL', KEYS[1])
+local gen = redis.call('HGET', KEYS[1], 'gen')
+local n = tonumber(redis.call('HGET', KEYS[1], 'n')) or 0
+if gen then
+  for i = 0, n - 1 do
+    redis.call('PEXPIRE', KEYS[1] .. ARGV[2] .. gen .. ARGV[2] .. i, ARGV[1])
+  end
+end
+redis.call('DEL', KEYS[1])
+return fields
 """
