@@ -40,12 +40,15 @@ import struct
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import crypto
 from .crypto import EncryptionKey, EncryptionKeyError, Keyring
 from .errors import CheckpointCorrupted
 from .serde.base import Buffer
+
+if TYPE_CHECKING:
+    from .stores.base import ReadStream
 
 MAGIC = b"CKPT"
 VERSION = 1
@@ -334,14 +337,7 @@ def open_record(
         raise _corrupt(key, f"truncated: {len(view)} bytes cannot hold its header and trailer")
     payload = view[payload_start:payload_end]
     digest = hashlib.sha256(view[:payload_end]).digest()
-    if not hmac.compare_digest(digest, view[payload_end : payload_end + DIGEST_SIZE]):
-        raise _corrupt(key, "checksum mismatch (truncated or altered)")
-    if signing_key:
-        if not signed:
-            raise _corrupt(key, "record is not signed, but a signing key is configured")
-        expected = hmac.new(signing_key, view[:payload_start].tobytes() + digest, hashlib.sha256)
-        if not hmac.compare_digest(expected.digest(), view[payload_end + DIGEST_SIZE :]):
-            raise _corrupt(key, "signature mismatch (wrong signing key, or the record was altered)")
+    _check_trailer(key, digest, view[payload_end:], view[:payload_start], signed, signing_key)
     header = _parse_header(view[PREFIX_SIZE:payload_start], key)
     encrypted = bool(flags & FLAG_ENCRYPTED)
     if encrypted:
@@ -376,6 +372,97 @@ def open_record(
         parts.append(payload[offset : offset + length])
         offset += length
     return OpenedRecord(header, parts, f"{HASH_NAME}:{digest.hex()}", signed, encrypted)
+
+
+def _check_trailer(
+    key: str,
+    digest: bytes,
+    trailer: Buffer,
+    head: Buffer,
+    signed: bool,
+    signing_key: bytes | None,
+) -> None:
+    """Compare the stored digest, and the signature when a signing key is configured."""
+    trailer = memoryview(trailer)
+    if not hmac.compare_digest(digest, trailer[:DIGEST_SIZE]):
+        raise _corrupt(key, "checksum mismatch (truncated or altered)")
+    if signing_key:
+        if not signed:
+            raise _corrupt(key, "record is not signed, but a signing key is configured")
+        expected = hmac.new(signing_key, bytes(head) + digest, hashlib.sha256)
+        if not hmac.compare_digest(expected.digest(), trailer[DIGEST_SIZE:]):
+            raise _corrupt(key, "signature mismatch (wrong signing key, or the record was altered)")
+
+
+#: Large payload parts are read (and hashed, one slice behind) this many bytes at a time.
+READ_SLICE = 8 << 20
+
+
+def read_record(
+    key: str,
+    stream: ReadStream,
+    signing_key: bytes | None,
+    keyring: Keyring | None = None,
+) -> OpenedRecord:
+    """:func:`open_record` for a record behind a :class:`~ckpt_core.stores.base.ReadStream`.
+
+    A large plain record is read part by part straight into the buffers the codec decodes:
+    a raw ``bytes`` payload into one new ``bytes`` object (the codec returns it without a copy),
+    any other part into a ``bytearray`` filled slice by slice while a background thread hashes
+    the slice before (so hashing overlaps the reads). Lengths come from the header and must add
+    up to the stored size before anything is allocated; nothing is decoded before the digest
+    and the signature passed. Small and encrypted records, and plain records when an encryption
+    key is configured (refused by :func:`open_record`), take the whole-buffer path, and so does
+    a record the store already holds in memory (its parts stay views of it, never copies).
+    """
+    if stream.in_memory or stream.size <= READ_SLICE or keyring is not None:
+        return open_record(stream.whole(), key, signing_key, keyring)
+    head = bytes(stream.pread(PREFIX_SIZE, 0))
+    flags, header_len = parse_prefix(head, key)
+    if flags & FLAG_ENCRYPTED:
+        return open_record(stream.whole(), key, signing_key, keyring)
+    head += bytes(stream.pread(header_len, PREFIX_SIZE))
+    if len(head) != PREFIX_SIZE + header_len:
+        raise _corrupt(key, "truncated inside the header")
+    header = _parse_header(memoryview(head)[PREFIX_SIZE:], key)
+    if "enc" in header:
+        raise _corrupt(key, "header describes encryption, but the record is flagged plain")
+    signed = bool(flags & FLAG_SIGNED)
+    trailer_size = DIGEST_SIZE * (2 if signed else 1)
+    expected = len(head) + header["size"] + trailer_size
+    if stream.size != expected:
+        found = stream.size - expected + header["size"]
+        raise _corrupt(key, f"header says {header['size']} payload bytes, found {found}")
+    digest = _Digest(head, background=True)
+    try:
+        parts: list[memoryview] = []
+        offset = len(head)
+        whole_bytes = header["codec"] == "raw" and header.get("schema") in (None, "bytes")
+        for length in header.get("parts", [header["size"]]):
+            parts.append(_read_part(stream, key, offset, length, digest, whole_bytes))
+            offset += length
+    finally:
+        raw = digest.digest()
+    _check_trailer(key, raw, stream.pread(trailer_size, offset), head, signed, signing_key)
+    return OpenedRecord(header, parts, f"{HASH_NAME}:{raw.hex()}", signed, False)
+
+
+def _read_part(
+    stream: ReadStream, key: str, offset: int, length: int, digest: _Digest, whole_bytes: bool
+) -> memoryview:
+    if whole_bytes:
+        data = stream.pread(length, offset)
+        if len(data) != length:
+            raise _corrupt(key, "truncated while it was read")
+        digest.update(data)
+        return memoryview(data)
+    view = memoryview(bytearray(length))
+    for start in range(0, length, READ_SLICE):
+        piece = view[start : start + READ_SLICE]
+        if stream.preadinto(piece, offset + start) != piece.nbytes:
+            raise _corrupt(key, "truncated while it was read")
+        digest.update(piece)
+    return view
 
 
 def _parse_enc(header: dict[str, Any], key: str) -> tuple[str, bytes, int]:

@@ -94,6 +94,7 @@ def test_store_interface_ops_are_the_documented_primitives() -> None:
         "put",
         "get",
         "get_first",
+        "read_first",
         "head",
         "delete",
         "delete_prefix",

@@ -22,4 +22,8 @@ class RawCodec:
 
     def decode(self, parts: Sequence[memoryview], schema: str | None, want: Any = None) -> Any:
         (part,) = parts
-        return bytearray(part) if schema == "bytearray" else bytes(part)
+        if schema == "bytearray":
+            return bytearray(part)
+        if type(part.obj) is bytes and part.nbytes == len(part.obj):
+            return part.obj  # read straight into its own bytes object: no copy
+        return bytes(part)
