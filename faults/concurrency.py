@@ -58,6 +58,8 @@ OPERATIONS = (("save", 40), ("load", 35), ("delete", 10), ("lookup", 10), ("list
 S3_MULTIPART_THRESHOLD = MiB
 REDIS_CHUNK_SIZE = 256 * KiB
 FLAVOURS = ("sync", "async")
+#: Weight of ``cleanup_correlation`` against the 100 of :data:`OPERATIONS` (about 3 % of ops).
+CLEANUP_WEIGHT = 3
 #: Failure messages a worker reports in full (it still counts every failure).
 MAX_REPORTED = 50
 
@@ -348,12 +350,13 @@ def run_concurrency_scenario(
     seed: int = 20261124,
     workdir: str | os.PathLike[str] | None = None,
     timeout: float = 1800.0,
-    cleanup_weight: int = 0,
+    cleanup_weight: int = CLEANUP_WEIGHT,
 ) -> ConcurrencyResult:
     """Run ``processes`` workers x ``ops`` operations on ``backend`` (see the module docstring)
     and check the store afterwards. Never raises for a found failure: it is in the result.
 
-    ``cleanup_weight`` (default 0: off) mixes ``cleanup_correlation`` into the workers' ops; see
+    ``cleanup_weight`` mixes ``cleanup_correlation`` (a prefix delete of the whole correlation
+    while the others save and load) into the workers' ops; 0 leaves it out. See
     :func:`worker_plan`.
     """
     import ckpt_core as ckpt

@@ -404,19 +404,41 @@ def test_a_write_that_dies_mid_chunks_publishes_nothing_and_leaks_nothing_for_lo
         assert 0 < raw.pttl(key) <= STAGING_TTL_MS, "staged chunks must expire on their own"
 
 
-def test_chunks_lost_before_publishing_fail_the_save_and_leave_nothing(
+def _put_losing_chunks(store: RedisStore, raw: Any, value: bytes, losses: int) -> Any:
+    """Drive a chunked put, deleting one staged chunk before each of the first ``losses``
+    commits (what a concurrent prefix delete or an eviction does)."""
+    plan = store._put_plan("ns/k", value)
+    batch = next(plan)
+    while True:
+        if batch.transaction and losses:
+            losses -= 1
+            raw.delete(chunk_keys(raw, store, "ns/k")[0])
+        try:
+            batch = plan.send(store._execute(batch))
+        except StopIteration as done:
+            return done.value
+
+
+def test_chunks_lost_before_publishing_are_staged_again_and_the_save_lands(
     redis_store_factory: Factory, raw: Any
 ) -> None:
-    """A chunk deleted between staging and the commit (a concurrent prefix delete, eviction):
-    the save fails loudly and neither a manifest nor any chunk stays behind."""
+    """A chunk deleted between staging and the commit: nothing is published from that
+    generation, the chunks are staged again under a new one, and the record lands whole."""
     store = redis_store_factory(chunk_size=100)
-    plan = store._put_plan("ns/k", b"x" * 1000)
-    batch = next(plan)
-    while not batch.transaction:  # stage the chunks
-        batch = plan.send(store._execute(batch))
-    raw.delete(chunk_keys(raw, store, "ns/k")[0])
+    value = bytes(range(256)) * 4
+    _put_losing_chunks(store, raw, value, losses=2)
+    assert bytes(store.get("ns/k")) == value
+    manifest = raw.hgetall(store._rkey("ns/k"))
+    live = {k for k in raw_keys(raw, store) if b"\x00" in k}
+    assert len(live) == int(manifest[b"n"]), "only the published generation's chunks remain"
+
+
+def test_chunks_lost_at_every_attempt_fail_the_save_and_leave_nothing(
+    redis_store_factory: Factory, raw: Any
+) -> None:
+    store = redis_store_factory(chunk_size=100)
     with pytest.raises(StoreUnavailable, match="chunks disappeared before the record was"):
-        _drive(store, plan, batch)
+        _put_losing_chunks(store, raw, b"x" * 1000, losses=redis_store_module._PUBLISH_ATTEMPTS)
     assert store.get("ns/k") is None
     assert raw_keys(raw, store) == []
 

@@ -90,6 +90,8 @@ def _read_exactly(fd: int, size: int) -> Buffer:
     return buf if filled == size else buf[:filled]
 
 
+#: Attempts of a write whose directory a concurrent prefix delete moved away.
+_DIRECTORY_RACE_ATTEMPTS = 5
 #: Files up to this size are read with one ``os.read`` (one syscall, no zero-filled buffer).
 _ONE_READ = 1 << 20
 
@@ -158,6 +160,17 @@ class LocalFiles:
                 _fsync_dir(os.path.dirname(path))
 
     def put(self, key: str, data: Data) -> None:
+        # A prefix delete of the record's run or correlation renames its directory away; a write
+        # caught in between loses its directory (the temp file moves with it) and starts again,
+        # so it lands after the delete instead of failing. ``data`` is iterable once per attempt.
+        for attempt in range(_DIRECTORY_RACE_ATTEMPTS):
+            try:
+                return self._put_once(key, data)
+            except FileNotFoundError:
+                if attempt == _DIRECTORY_RACE_ATTEMPTS - 1:
+                    raise
+
+    def _put_once(self, key: str, data: Data) -> None:
         path = self.path(key)
         directory, name = os.path.split(path)
         tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")

@@ -74,6 +74,8 @@ DEFAULT_CHUNK_SIZE = 4 << 20
 STAGING_TTL_MS = 15 * 60 * 1000
 #: Chunk bytes sent or received per round trip (bounds the memory of a chunked put/get).
 PIPELINE_BYTES = 4 << 20
+#: Attempts of a chunked write whose staged chunks a concurrent delete removed.
+_PUBLISH_ATTEMPTS = 3
 #: How often a reader restarts from the manifest when overwrites keep replacing the chunks.
 MAX_READ_ATTEMPTS = 20
 #: redis-py retries connection errors this many times, with exponential backoff and jitter.
@@ -373,12 +375,25 @@ class RedisStore(Store):
                 _ok(result)
             yield from self._drop_chunks(rkey, self._manifest(replaced[1], rkey), None)
             return
-        yield from self._put_chunked_plan(key, rkey, data)
+        # A concurrent prefix delete (cleanup of this run or correlation) can unlink the staged
+        # chunks before they are published: stage a new generation, so the write lands after
+        # the delete instead of failing.
+        for _attempt in range(_PUBLISH_ATTEMPTS):
+            if (yield from self._put_chunked_plan(key, rkey, data)):
+                return
+        raise StoreUnavailable(
+            f"writing {key!r} on {self.url} failed: its chunks disappeared before the record was "
+            f"published, {_PUBLISH_ATTEMPTS} times (deleted concurrently, evicted under "
+            "maxmemory, or the upload took longer than the 15 min staging TTL). The key holds "
+            "no record, never a partial one; retry the save"
+        )
 
-    def _put_chunked_plan(self, key: str, rkey: bytes, data: Data) -> _Plan[None]:
+    def _put_chunked_plan(self, key: str, rkey: bytes, data: Data) -> _Plan[bool]:
+        """Stage the chunks under a new generation and publish them; ``False`` (nothing
+        published, nothing left behind) if some chunk was gone when the manifest went in."""
         staging = _Staging(uuid.uuid4().hex[:16].encode())
         try:
-            yield from self._stage_and_publish(key, rkey, data, staging)
+            return (yield from self._stage_and_publish(key, rkey, data, staging))
         except redis.ResponseError:
             # The server refused a chunk or the publish (out of memory, most often): unless the
             # manifest went in, remove what this save staged now rather than leave it to the
@@ -391,8 +406,9 @@ class RedisStore(Store):
 
     def _stage_and_publish(
         self, key: str, rkey: bytes, data: Data, staging: _Staging
-    ) -> _Plan[None]:
-        """Stage the chunks under ``staging.gen``, then publish the manifest."""
+    ) -> _Plan[bool]:
+        """Stage the chunks under ``staging.gen``, then publish the manifest (``False`` if a
+        chunk was gone by then: nothing is published)."""
         gen = staging.gen
         per_batch = max(1, PIPELINE_BYTES // self.chunk_size)
         staged: list[_Cmd] = []
@@ -436,12 +452,8 @@ class RedisStore(Store):
             # upload slower than the staging TTL, or eviction under maxmemory.
             (_,) = yield _Batch((_Cmd("eval", (_DELETE_IF_GEN, 1, rkey, gen)),))
             yield from self._drop_chunks(rkey, _Manifest(gen, count, written), None)
-            raise StoreUnavailable(
-                f"writing {key!r} on {self.url} failed: some of its {count} chunks disappeared "
-                "before the record was published (deleted concurrently, evicted under "
-                "maxmemory, or the upload took longer than the 15 min staging TTL). The key "
-                "now holds no record, never a partial one; retry the save"
-            )
+            return False
+        return True
 
     @staticmethod
     def _expire_old_chunks(rkey: bytes) -> _Cmd:
