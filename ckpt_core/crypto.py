@@ -33,8 +33,6 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
-from .errors import CheckpointCorrupted
-
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -75,29 +73,6 @@ def _derive(secret: bytes) -> bytes:
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=_INFO).derive(secret)
-
-
-class EncryptionKeyError(CheckpointCorrupted):
-    """A record cannot be opened with the configured encryption keys: it is encrypted and no key
-    is configured, it was encrypted with a key that is not configured, or it is plaintext while a
-    key is configured. Messages name key ids only, never keys.
-
-    Attributes:
-        record_kid: the key id the record was encrypted with (``None`` for a plaintext record).
-        configured_kids: the ids of the keys this reader has (empty when none is configured).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        key: str | None = None,
-        record_kid: str | None = None,
-        configured_kids: Sequence[str] = (),
-    ) -> None:
-        super().__init__(message, key=key)
-        self.record_kid = record_kid
-        self.configured_kids = tuple(configured_kids)
 
 
 class EncryptionKey:

@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import crypto
-from .crypto import EncryptionKey, EncryptionKeyError, Keyring
-from .errors import CheckpointCorrupted
+from .crypto import EncryptionKey, Keyring
+from .errors import CheckpointCorrupted, EncryptionKeyError
 from .serde.base import Buffer
 
 if TYPE_CHECKING:
@@ -321,7 +321,7 @@ def open_record(
     Order: length and prefix, digest of prefix + header + payload, signature (when a key is
     configured: unsigned records are refused), then the header and the payload length it implies,
     then encryption: with a ``keyring`` a plaintext record is refused, without one an encrypted
-    record is (both :class:`~ckpt_core.crypto.EncryptionKeyError`), and an encrypted payload is
+    record is (both :class:`~ckpt_core.errors.EncryptionKeyError`), and an encrypted payload is
     decrypted with the key its header names. Nothing is decoded before all of it passed.
 
     ``decrypt=False`` only verifies (``ckpt verify``): encrypted payloads stay sealed, no key is

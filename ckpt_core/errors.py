@@ -5,6 +5,7 @@
     CheckpointError                       catch-all for ckpt
     ├── CheckpointNotFound  (LookupError)     no record for the node in the run or its correlation
     ├── CheckpointCorrupted (ValueError)      checksum/signature mismatch, truncated, malformed
+    │   └── EncryptionKeyError                no key, wrong key, or plaintext where a key is set
     ├── SerializationError  (TypeError)       the value cannot be encoded with the allowed codecs
     ├── SchemaMismatch      (TypeError)       the record does not validate against ``schema=``
     ├── InvalidKey          (ValueError)      an id or argument cannot be turned into a key
@@ -17,6 +18,8 @@ messages are read by someone paging through logs at 3 a.m. URLs in messages are 
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class CheckpointError(Exception):
@@ -38,6 +41,29 @@ class CheckpointCorrupted(CheckpointError, ValueError):
     def __init__(self, message: str, *, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+class EncryptionKeyError(CheckpointCorrupted):
+    """A record cannot be opened with the configured encryption keys: it is encrypted and no key
+    is configured, it was encrypted with a key that is not configured, or it is plaintext while a
+    key is configured. Messages name key ids only, never keys.
+
+    Attributes:
+        record_kid: the key id the record was encrypted with (``None`` for a plaintext record).
+        configured_kids: the ids of the keys this reader has (empty when none is configured).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str | None = None,
+        record_kid: str | None = None,
+        configured_kids: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message, key=key)
+        self.record_kid = record_kid
+        self.configured_kids = tuple(configured_kids)
 
 
 class SerializationError(CheckpointError, TypeError):

@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import ckpt_core as ckpt
-from ckpt_core import crypto
+from ckpt_core import EncryptionKeyError, crypto
 from ckpt_core.cli.app import app
-from ckpt_core.crypto import TAG_SIZE, EncryptionKeyError
+from ckpt_core.crypto import TAG_SIZE
 from ckpt_core.envelope import (
     DIGEST_SIZE,
     FLAG_ENCRYPTED,

@@ -21,9 +21,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .. import crypto, keys
-from ..crypto import EncryptionKeyError
 from ..envelope import open_record, read_header
-from ..errors import CheckpointCorrupted, CheckpointError, StoreConfigError
+from ..errors import CheckpointCorrupted, CheckpointError, EncryptionKeyError, StoreConfigError
 from ..redact import redact_text, redact_url
 from ..stores.base import Store
 from . import inventory, render

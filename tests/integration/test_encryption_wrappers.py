@@ -16,8 +16,7 @@ from dagster import DagsterInstance, EnvVar, materialize
 from pydantic import SecretStr
 
 import ckpt_core as ckpt
-from ckpt_core import crypto
-from ckpt_core.crypto import EncryptionKeyError
+from ckpt_core import EncryptionKeyError, crypto
 from ckpt_core.envelope import read_header
 from ckpt_dagster import CheckpointIOManager
 from ckpt_prefect import CheckpointStorage
