@@ -1,5 +1,11 @@
 """``python -m faults``: the long fault tier. Prints ``scenario | iterations | records checked |
-failures`` and exits 1 if any scenario found a failure (or a server could not be had).
+failures | seconds`` and exits 1 if any scenario found a failure (or a server could not be had).
+
+Scenarios (``--scenarios``, default all): ``crash`` (writers SIGKILLed mid-save, :mod:`.crash`),
+``concurrency`` (processes x ops of mixed saves, loads and deletes on shared nodes,
+:mod:`.concurrency`), ``server`` (a private Redis / SeaweedFS stopped or killed mid-pipeline and
+restarted, :mod:`.server_faults`) and ``disk`` (a small filesystem filled until saves fail,
+:mod:`.full_disk`).
 
 Servers: Redis from ``$CKPT_TEST_REDIS_URL``, else the one on 127.0.0.1:6379, else a private
 ``redis-server``; S3 from ``$CKPT_TEST_S3_ENDPOINT`` (+ ``_KEY``, ``_SECRET``, ``_BUCKET``), else a
@@ -16,10 +22,11 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .concurrency import run_concurrency_scenario
 from .crash import (
     Backend,
     ScenarioResult,
@@ -28,6 +35,8 @@ from .crash import (
     run_crash_scenario,
     s3_backend,
 )
+from .full_disk import run_full_disk_scenario
+from .server_faults import run_server_fault_scenario
 
 BACKENDS = ("local", "s3", "redis")
 
@@ -97,55 +106,140 @@ def s3_location(workdir: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             server.stop()
 
 
+def _iterations(result: ScenarioResult) -> int:
+    return int(getattr(result, "iterations", 0) or result.kills)
+
+
 def table(results: list[ScenarioResult]) -> str:
-    rows = [("scenario", "iterations", "records checked", "failures")]
+    rows = [("scenario", "iterations", "records checked", "failures", "seconds")]
     rows += [
-        (r.scenario, str(r.kills), str(r.records_checked), str(len(r.failures))) for r in results
+        (
+            r.scenario,
+            str(_iterations(r)),
+            str(r.records_checked),
+            str(len(r.failures)),
+            f"{r.seconds:.0f}",
+        )
+        for r in results
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def run_backend(name: str, kills: int, seed: int, workdir: Path) -> ScenarioResult:
-    def go(backend: Backend) -> ScenarioResult:
-        print(f"== crash/{name}: {kills} kills ...", flush=True)
-        result = run_crash_scenario(backend, kills, seed=seed)
-        print(f"   {result.detail()}", flush=True)
-        for failure in result.failures[:20]:
-            print(f"   FAIL {failure}", flush=True)
-        return result
+def _report(result: ScenarioResult) -> ScenarioResult:
+    print(f"   {result.detail()}", flush=True)
+    for failure in result.failures[:20]:
+        print(f"   FAIL {failure}", flush=True)
+    return result
 
-    try:
-        if name == "local":
-            return go(local_backend(workdir / "local-store"))
-        if name == "redis":
-            with redis_url(workdir) as url:
-                return go(redis_backend(url))
+
+def _unavailable(scenario: str, exc: Exception) -> ScenarioResult:
+    result = ScenarioResult(scenario)
+    result.failures.append(f"{scenario}: server unavailable: {exc}")
+    print(f"   FAIL {result.failures[0]}", flush=True)
+    return result
+
+
+@contextlib.contextmanager
+def backends_of(name: str, workdir: Path) -> Iterator[Callable[[str], Backend]]:
+    """A maker of fresh :class:`Backend` s (own directory or key prefix) of ``name``, all on one
+    shared server (started if need be), so scenarios never see each other's records."""
+    if name == "local":
+        yield lambda scenario: local_backend(workdir / f"local-{scenario}")
+    elif name == "redis":
+        with redis_url(workdir) as url:
+            yield lambda scenario: redis_backend(url)
+    else:
         with s3_location(workdir) as (bucket, options):
-            return go(s3_backend(bucket, options))
+            yield lambda scenario: s3_backend(bucket, options)
+
+
+def run_backend(name: str, args: argparse.Namespace, workdir: Path) -> list[ScenarioResult]:
+    """The crash and concurrency scenarios of one backend, on one server."""
+    results: list[ScenarioResult] = []
+    try:
+        with backends_of(name, workdir) as backend:
+            if "crash" in args.scenarios:
+                print(f"== crash/{name}: {args.kills} kills ...", flush=True)
+                results.append(
+                    _report(run_crash_scenario(backend("crash"), args.kills, seed=args.seed))
+                )
+            if "concurrency" in args.scenarios:
+                print(
+                    f"== concurrency/{name}: {args.processes} processes x {args.ops} ops ...",
+                    flush=True,
+                )
+                results.append(
+                    _report(
+                        run_concurrency_scenario(
+                            backend("concurrency"),
+                            processes=args.processes,
+                            ops=args.ops,
+                            seed=args.seed,
+                            workdir=workdir / f"concurrency-{name}",
+                        )
+                    )
+                )
     except ServerUnavailable as exc:
-        result = ScenarioResult(f"crash/{name}")
-        result.failures.append(f"crash/{name}: server unavailable: {exc}")
-        print(f"   FAIL {result.failures[0]}", flush=True)
-        return result
+        results.append(_unavailable(f"{name} scenarios", exc))
+    return results
+
+
+def run_server_faults(name: str, args: argparse.Namespace, workdir: Path) -> list[ScenarioResult]:
+    """Scenarios that stop, kill or fill a private server (never the shared one)."""
+    results: list[ScenarioResult] = []
+    if "server" in args.scenarios and name in ("redis", "s3"):
+        print(f"== server-fault/{name}: {args.server_iterations} stops ...", flush=True)
+        try:
+            results.append(
+                _report(
+                    run_server_fault_scenario(
+                        name, args.server_iterations, workdir / f"server-fault-{name}"
+                    )
+                )
+            )
+        except ServerUnavailable as exc:
+            results.append(_unavailable(f"server-fault/{name}", exc))
+    if "disk" in args.scenarios and name == "local":
+        print(f"== full-disk/local: {args.disk_rounds} rounds ...", flush=True)
+        results.append(_report(run_full_disk_scenario(args.disk_rounds, workdir / "full-disk")))
+    return results
+
+
+SCENARIOS = ("crash", "concurrency", "server", "disk")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m faults", description=__doc__.split("\n")[0])
-    parser.add_argument("--kills", type=int, default=200, help="writers killed per backend")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset")
+    parser.add_argument("--kills", type=int, default=200, help="writers killed per backend")
+    parser.add_argument("--processes", type=int, default=8, help="concurrent workers")
+    parser.add_argument("--ops", type=int, default=1000, help="operations per worker")
+    parser.add_argument(
+        "--server-iterations", type=int, default=20, help="server stops per backend"
+    )
+    parser.add_argument("--disk-rounds", type=int, default=50, help="fill-until-full rounds")
     parser.add_argument("--seed", type=int, default=20261123, help="kill moments and writer RNG")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.backends.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(BACKENDS))
-    if unknown:
-        parser.error(f"unknown backends {unknown}; choose from {', '.join(BACKENDS)}")
+    args.scenarios = {n.strip() for n in args.scenarios.split(",") if n.strip()}
+    for given, known, what in (
+        (names, BACKENDS, "backends"),
+        (args.scenarios, SCENARIOS, "scenarios"),
+    ):
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            parser.error(f"unknown {what} {unknown}; choose from {', '.join(known)}")
     print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}", flush=True)
     started = time.monotonic()
+    results: list[ScenarioResult] = []
     with tempfile.TemporaryDirectory(prefix="ckpt-faults-") as tmp:
-        results = [run_backend(name, args.kills, args.seed, Path(tmp)) for name in names]
+        for name in names:
+            results += run_backend(name, args, Path(tmp))
+            results += run_server_faults(name, args, Path(tmp))
     print()
     print(table(results))
     failed = sum(len(r.failures) for r in results)

@@ -7,13 +7,16 @@ Fixtures (imported into ``conftest.py``):
 - ``redis_store_factory``: ``make(**options) -> RedisStore`` on ``redis_url``, each store under a
   fresh key prefix (so it starts empty); its keys are deleted at teardown.
 - ``redis_server_factory``: ``start(password=None, **config) -> RedisServer``, a private
-  ``redis-server`` the test may stop (the shared one is never stopped).
+  ``redis-server`` the test may stop (the shared one is never stopped). ``start(**AOF_ALWAYS)``
+  gives one with append-only persistence fsynced on every write, which survives ``kill()``
+  (SIGKILL) and comes back with ``restart()`` on the same port and directory.
 - ``s3_server`` (session): one ``weed mini`` (SeaweedFS) with an S3 identity and a bucket, or an
   external S3-compatible server named by ``$CKPT_TEST_S3_ENDPOINT`` (+ ``_KEY``, ``_SECRET``,
   ``_BUCKET``).
 - ``s3_store_factory``: ``make(**options) -> FsspecStore`` on ``s3://<bucket>/<fresh prefix>``,
   reached through s3fs exactly as a user would (endpoint_url, key, secret, client_kwargs).
-- ``seaweed_factory``: ``start() -> SeaweedServer``, a private SeaweedFS the test may stop.
+- ``seaweed_factory``: ``start() -> SeaweedServer``, a private SeaweedFS the test may stop, and
+  ``restart()`` on the same ports and data directory (its objects survive).
 
 A server that cannot be found or started skips the test locally and fails it in CI (``CI=true``):
 in CI a missing server is a broken build, not a pass.
@@ -41,6 +44,7 @@ from typing import Any
 import pytest
 
 __all__ = [
+    "AOF_ALWAYS",
     "RedisServer",
     "SeaweedServer",
     "redis_server_factory",
@@ -131,14 +135,22 @@ def redis_answers(url: str) -> bool:
         return False
 
 
+#: ``redis-server`` options for append-only persistence fsynced on every write (and no RDB
+#: snapshots): every write Redis acknowledged survives a SIGKILL of the server.
+AOF_ALWAYS = {"appendonly": "yes", "appendfsync": "always", "save": ""}
+
+
 @dataclass
 class RedisServer:
-    """A private ``redis-server`` (no persistence) on a free loopback port."""
+    """A private ``redis-server`` on a free loopback port (no persistence unless configured,
+    e.g. with :data:`AOF_ALWAYS`)."""
 
     port: int
     directory: Path
     password: str | None
     process: subprocess.Popen[bytes] | None = None
+    #: The command line, kept for :meth:`restart`.
+    args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -156,6 +168,38 @@ class RedisServer:
 
     def stop(self, grace: float = 3.0) -> None:
         _stop(self.process, grace)
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies at once, like a crash (nothing is flushed on the way out)."""
+        _stop(self.process, grace=0)
+
+    def restart(self, deadline: float = 15.0) -> None:
+        """Start the server again on the same port, directory and options (stop it first).
+
+        A server that does not come back is a failure of the test, not a skip: the first start
+        proved that the machine can run it.
+        """
+        self.stop()
+        self.process = _launch(self.args, subprocess.DEVNULL)
+        if not _wait_for_redis(self, deadline):
+            log = _tail(self.directory / "redis.log")
+            self.stop()
+            raise RuntimeError(f"redis-server did not restart on port {self.port}:\n{log}")
+
+
+def _launch(args: list[str], output: Any, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        args, stdout=output, stderr=subprocess.STDOUT, cwd=cwd, preexec_fn=_die_with_parent
+    )
+
+
+def _wait_for_redis(server: RedisServer, deadline: float) -> bool:
+    ends = time.monotonic() + deadline
+    while time.monotonic() < ends and server.process is not None and server.process.poll() is None:
+        if redis_answers(server.url):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def start_redis(directory: Path, password: str | None = None, **config: str) -> RedisServer:
@@ -182,17 +226,10 @@ def start_redis(directory: Path, password: str | None = None, **config: str) -> 
             args += ["--requirepass", password]
         for name, value in config.items():
             args += [f"--{name.replace('_', '-')}", value]
-        server.process = subprocess.Popen(
-            args,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and server.process.poll() is None:
-            if redis_answers(server.url):
-                return server
-            time.sleep(0.05)
+        server.args = args
+        server.process = _launch(args, subprocess.DEVNULL)
+        if _wait_for_redis(server, 15):
+            return server
         last_log = _tail(directory / "redis.log")
         server.stop()
     unavailable(f"redis-server did not start in {directory}:\n{last_log}")
@@ -290,6 +327,8 @@ class SeaweedServer:
     process: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
     startup_seconds: float = 0.0
+    #: The command line, kept for :meth:`restart`.
+    args: list[str] = field(default_factory=list)
 
     def storage_options(self, **overrides: Any) -> dict[str, Any]:
         """What a user passes to ``open_store("s3://...")`` for this server."""
@@ -322,6 +361,37 @@ class SeaweedServer:
             if port and path.is_socket():
                 with contextlib.suppress(OSError):
                     path.unlink()
+
+    def restart(self) -> None:
+        """Start the server again on the same ports and data directory (stop it first); the
+        buckets and objects it held are served again. A failed restart fails the test."""
+        if self.directory is None or not self.args:
+            raise RuntimeError("an external S3 server cannot be restarted by the tests")
+        self.stop()
+        problem = _launch_seaweed(self)
+        if problem is not None:
+            log = self.log()
+            self.stop()
+            raise RuntimeError(f"SeaweedFS did not restart ({problem}); log:\n{log}")
+
+
+def _launch_seaweed(server: SeaweedServer) -> str | None:
+    """Start ``server.args`` and wait until a real put and get succeed; ``None`` when ready,
+    else what went wrong (the process is left for the caller to stop)."""
+    assert server.directory is not None
+    started = time.monotonic()
+    with open(server.directory / "weed.log", "ab") as log:
+        server.process = _launch(server.args, log, cwd=server.directory)
+    problem: str | None = "not started"
+    while time.monotonic() - started < STARTUP_DEADLINE:
+        if server.process.poll() is not None:
+            return f"weed exited with status {server.process.returncode}"
+        problem = _s3_ready(server)
+        if problem is None:
+            server.startup_seconds = time.monotonic() - started
+            return None
+        time.sleep(0.1)
+    return problem
 
 
 def _s3_ready(server: SeaweedServer) -> str | None:
@@ -398,26 +468,12 @@ def start_seaweed(directory: Path, bucket: str = S3_BUCKET) -> SeaweedServer:
         secret_key,
         bucket,
         ports=ports,
+        args=args,
     )
-    started = time.monotonic()
-    with open(directory / "weed.log", "wb") as log:
-        server.process = subprocess.Popen(
-            args,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=directory,
-            preexec_fn=_die_with_parent,
-        )
-    problem: str | None = "not started"
-    while time.monotonic() - started < STARTUP_DEADLINE:
-        if server.process.poll() is not None:
-            problem = f"weed exited with status {server.process.returncode}"
-            break
-        problem = _s3_ready(server)
-        if problem is None:
-            server.startup_seconds = time.monotonic() - started
-            return server
-        time.sleep(0.1)
+    (directory / "weed.log").write_bytes(b"")
+    problem = _launch_seaweed(server)
+    if problem is None:
+        return server
     log_tail = server.log()
     server.stop()
     unavailable(f"SeaweedFS did not become ready ({problem}); log:\n{log_tail}")

@@ -30,6 +30,7 @@ from ckpt_core import (
 )
 
 from .correlation import Identity, current_identity, has_lifecycle, is_inprocess_subflow
+from .failures import note_lost_checkpoint
 
 log = logging.getLogger("ckpt.prefect")
 
@@ -73,6 +74,9 @@ class CheckpointStorage(WritableFileSystem):
             ``key``, ``secret``, ``client_kwargs``) or Redis options (``ttl``, ``password``).
         signing_key: HMAC key; when set, records are signed and unsigned or altered records are
             refused before Prefect reads them. Default: env ``CKPT_SIGNING_KEY``.
+        encryption_key: encrypts results at rest (AES-256-GCM, needs ``ckpt[crypto]``); commas
+            separate several keys: the first encrypts, every one decrypts (rotation). When set,
+            plaintext records are refused. Default: env ``CKPT_ENCRYPTION_KEY``.
         retention: ``"delete"`` (default): a correlation's checkpoints are removed after the flow
             run succeeds; ``"keep"``: they stay until ``ckpt gc``.
 
@@ -131,6 +135,15 @@ class CheckpointStorage(WritableFileSystem):
             "Default: the CKPT_SIGNING_KEY environment variable of the process running the flow."
         ),
     )
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        title="Encryption key",
+        description=(
+            "Encrypts results at rest (AES-256-GCM). Several keys, comma-separated, rotate: the "
+            "first encrypts, every one decrypts. Plaintext records are then refused. Default: "
+            "the CKPT_ENCRYPTION_KEY environment variable of the process running the flow."
+        ),
+    )
     retention: Literal["delete", "keep"] = Field(
         default="delete",
         title="Retention",
@@ -162,7 +175,10 @@ class CheckpointStorage(WritableFileSystem):
     def _fingerprint(self) -> str:
         """Digest of everything that decides which store and keys a manager uses."""
         signing = self.signing_key.get_secret_value() if self.signing_key else None
-        raw = json.dumps([self.url, self._options(), signing], sort_keys=True, default=str)
+        encryption = self.encryption_key.get_secret_value() if self.encryption_key else None
+        raw = json.dumps(
+            [self.url, self._options(), signing, encryption], sort_keys=True, default=str
+        )
         return hashlib.sha256(raw.encode()).hexdigest()
 
     def manager(self, namespace: str) -> CheckpointManager:
@@ -190,6 +206,9 @@ class CheckpointStorage(WritableFileSystem):
                     codec="raw",
                     allow_pickle=False,
                     signing_key=self.signing_key.get_secret_value() if self.signing_key else None,
+                    encryption_key=(
+                        self.encryption_key.get_secret_value() if self.encryption_key else None
+                    ),
                 )
         return manager
 
@@ -254,17 +273,25 @@ class CheckpointStorage(WritableFileSystem):
         """
         _refuse_async(_sync, "write_path")
         identity = self.identity()
-        info = self.manager(identity.namespace).save(
-            identity.context(), path, content, scope=_task_scope()
-        )
+        try:
+            info = self.manager(identity.namespace).save(
+                identity.context(), path, content, scope=_task_scope()
+            )
+        except Exception as exc:
+            note_lost_checkpoint(exc)  # Prefect only logs it; the flow run fails (.failures)
+            raise
         return info.key
 
     async def awrite_path(self, path: str, content: bytes) -> str:
         """Async twin of :meth:`write_path`."""
         identity = self.identity()
-        info = await self.manager(identity.namespace).asave(
-            identity.context(), path, content, scope=_task_scope()
-        )
+        try:
+            info = await self.manager(identity.namespace).asave(
+                identity.context(), path, content, scope=_task_scope()
+            )
+        except Exception as exc:
+            note_lost_checkpoint(exc)
+            raise
         return info.key
 
 

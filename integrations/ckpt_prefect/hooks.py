@@ -12,6 +12,8 @@
 
 The hooks also carry the flow's declared correlation (:mod:`.correlation` reads it from them).
 Prefect logs a failing hook and carries on; ours log what they removed at debug level.
+:func:`resumable` also makes a task result that cannot be checkpointed fail the flow run (see
+:mod:`.failures`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .correlation import (
     flow_identity,
     is_inprocess_subflow,
 )
+from .failures import watch_checkpoints
 
 log = logging.getLogger("ckpt.prefect")
 
@@ -116,6 +119,8 @@ class CheckpointHooks:
         for kind in ("running", "completion", "failure", "crashed", "cancellation"):
             attr = f"on_{kind}_hooks"
             setattr(flow, attr, [*getattr(flow, attr), _Hook(self, kind)])
+        # Prefect only logs a result write that fails; the flow run fails instead (.failures).
+        flow.fn = watch_checkpoints(flow.fn)  # type: ignore[attr-defined]
         return flow
 
     # -- resolution ------------------------------------------------------------------------
