@@ -22,7 +22,7 @@ import functools
 import importlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from ..errors import SchemaMismatch, SerializationError
@@ -80,12 +80,24 @@ def _ref(kind: str, cls: type) -> str:
     return f"{kind}:{cls.__module__}:{cls.__qualname__}"
 
 
-def _resolve(ref: str) -> type:
+def _resolve(ref: str, may_import: bool | Collection[str] = True) -> type:
+    """The class a schema reference names. A module that is not imported yet is imported only if
+    ``may_import`` allows it: importing runs the module's top-level code, and the reference comes
+    from the record, so from whoever can write the store."""
     kind, module_name, qualname = ref.split(":", 2)
+    module = sys.modules.get(module_name)
+    allowed = () if isinstance(may_import, bool) else may_import
+    if module is None and may_import is not True and module_name.split(".")[0] not in allowed:
+        raise SchemaMismatch(
+            f"the record holds a {qualname} from module {module_name!r}, which is not imported, "
+            "and this manager does not import modules named by records (allow_pickle=False or "
+            "pickle_modules); import it first, or pass schema=<the model class> (or schema=dict)"
+        )
     try:
-        module = sys.modules.get(module_name) or importlib.import_module(module_name)
-        obj: Any = module
+        obj: Any = module or importlib.import_module(module_name)
         for part in qualname.split("."):
+            if not part.isidentifier() or part.startswith("__"):
+                raise AttributeError(f"{part!r} is not a class name")
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
         raise SchemaMismatch(
@@ -146,7 +158,21 @@ def _not_exact(value: Any) -> SerializationError:
 
 
 class JsonCodec:
+    """JSON, pydantic models and dataclasses.
+
+    Args:
+        import_modules: whether a record may make this codec import the module of its model
+            (``True``), only modules under these top-level names, or none (``False``: models
+            are revived only from modules the process has already imported). The manager
+            passes ``False`` when ``allow_pickle=False`` and ``pickle_modules`` when given.
+    """
+
     name = "json"
+
+    def __init__(self, import_modules: bool | Collection[str] = True) -> None:
+        self.import_modules = (
+            import_modules if isinstance(import_modules, bool) else frozenset(import_modules)
+        )
 
     def accepts(self, value: Any) -> bool:
         if _is_model(value):
@@ -191,4 +217,4 @@ class JsonCodec:
                 ) from None
         if schema in (None, _PLAIN):
             return json.loads(str(data, "utf-8"))
-        return _revive(_resolve(schema), bytes(data))
+        return _revive(_resolve(schema, self.import_modules), bytes(data))

@@ -7,11 +7,15 @@ memory store's shared ``bytes``, out-of-band buffers are copied, so a revived nu
 writable whatever the backend.)
 
 Loading a pickle runs code chosen by whoever wrote the record. The manager refuses pickle records
-unless ``allow_pickle=True``; ``pickle_modules=`` limits which top-level modules may be revived.
+unless ``allow_pickle=True``; ``pickle_modules=`` limits which top-level modules may be revived
+(plus the plain data types of ``builtins``, ``collections``, ``datetime`` and ``decimal``; never
+``builtins.eval`` and friends). It stops code from other modules, not a record that asks an allowed
+module for a lot of memory: only load pickles from stores you trust.
 """
 
 from __future__ import annotations
 
+import builtins
 import io
 import pickle
 from collections.abc import Collection, Sequence
@@ -22,31 +26,59 @@ from .base import Encoded, type_name
 
 
 class _AllowlistUnpickler(pickle.Unpickler):
+    """Revives only what ``find_class`` allows: any name of a module the user listed, and from
+    the stdlib modules every pickle needs only the data types in :data:`_SAFE_NAMES` (never
+    ``builtins.eval``, ``getattr`` or ``__import__``, which would run code chosen by the writer).
+    """
+
     def __init__(self, file: Any, allowed: Collection[str], buffers: Any) -> None:
         super().__init__(file, buffers=buffers)
         self._allowed = allowed
 
     def find_class(self, module: str, name: str) -> Any:
         top = module.split(".", 1)[0]
-        if top not in self._allowed:
-            raise SerializationError(
-                f"pickle record needs {module}.{name}, but module {top!r} is not in "
-                f"pickle_modules={sorted(self._allowed)!r}; add it if you trust this store"
-            )
-        return super().find_class(module, name)
+        if top in self._allowed:
+            found = super().find_class(module, name)
+            # A dotted name can walk out of the module (``mymod.os.system`` when mymod imported
+            # os): what it reaches must belong to an allowed module too.
+            owner = getattr(found, "__module__", None)
+            if not isinstance(owner, str) or owner.split(".", 1)[0] in self._allowed:
+                return found
+            where = f"{module}.{name}, which is {owner}.{getattr(found, '__qualname__', name)}"
+        elif module in _SAFE_NAMES and name in _SAFE_NAMES[module]:
+            return super().find_class(module, name)
+        else:
+            where = f"{module}.{name}"
+        raise SerializationError(
+            f"pickle record needs {where}, but module {top!r} is not in "
+            f"pickle_modules={sorted(self._allowed)!r}; add it if you trust this store"
+        )
 
 
-# builtins and the stdlib modules pickle itself needs for containers are always allowed.
-_ALWAYS = frozenset({"builtins", "copyreg", "collections", "datetime", "decimal", "_codecs"})
+#: What a restricted unpickler revives from the stdlib without being told: plain data types.
+#: List a module in ``pickle_modules`` (even ``"builtins"``) to allow all of it.
+_SAFE_BUILTINS = {
+    "bool", "bytearray", "bytes", "complex", "dict", "float", "frozenset", "int", "list",
+    "object", "range", "set", "slice", "str", "tuple", "type", "Ellipsis", "NotImplemented",
+}  # fmt: skip
+_SAFE_NAMES: dict[str, frozenset[str]] = {
+    "builtins": frozenset(_SAFE_BUILTINS)
+    | {
+        n for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException)
+    },
+    "collections": frozenset({"ChainMap", "Counter", "OrderedDict", "defaultdict", "deque"}),
+    "copyreg": frozenset({"_reconstructor"}),
+    "datetime": frozenset({"date", "datetime", "time", "timedelta", "timezone", "tzinfo"}),
+    "decimal": frozenset({"Decimal"}),
+    "_codecs": frozenset({"encode"}),
+}
 
 
 class PickleCodec:
     name = "pickle"
 
     def __init__(self, allowed_modules: Collection[str] | None = None) -> None:
-        self.allowed_modules = (
-            None if allowed_modules is None else frozenset(allowed_modules) | _ALWAYS
-        )
+        self.allowed_modules = None if allowed_modules is None else frozenset(allowed_modules)
 
     def accepts(self, value: Any) -> bool:
         return True

@@ -82,7 +82,18 @@ class CodecSet:
                 f"unknown codec {name!r}; known codecs: {', '.join(sorted(_registry))}"
             )
         cls = _import(_registry[name])
-        codec: Codec = cls(self.pickle_modules) if name == "pickle" else cls()
+        codec: Codec
+        if name == "pickle":
+            codec = cls(self.pickle_modules)
+        elif name == "json" and _registry[name] == _BUILTIN["json"]:
+            # A record names the module of its model: importing it runs that module's code, so
+            # only when pickle (which could run any code) is allowed, and from its allowlist.
+            imports = self.allow_pickle and (
+                True if self.pickle_modules is None else frozenset(self.pickle_modules)
+            )
+            codec = cls(import_modules=imports)
+        else:
+            codec = cls()
         self._instances[name] = codec
         return codec
 
@@ -126,7 +137,10 @@ class CodecSet:
                 f"record {key} was written with pickle, and loading a pickle can run arbitrary "
                 "code; pass allow_pickle=True to the manager if you trust this store"
             )
-        return self.get(name)
+        try:
+            return self.get(name)
+        except SerializationError as exc:  # an unknown codec: say which record names it
+            raise SerializationError(f"cannot decode checkpoint {key}: {exc}") from None
 
     @staticmethod
     def _pickle_refusal(value: Any, node: str, errors: list[str] | None = None) -> str:
