@@ -294,7 +294,12 @@ class LocalFiles:
         except (FileNotFoundError, NotADirectoryError):
             return 0
         count = sum(1 for _, _, files in os.walk(trash) for f in files if not f.startswith("."))
-        shutil.rmtree(trash, ignore_errors=True)
+        for _attempt in range(_DIRECTORY_RACE_ATTEMPTS):
+            # A writer that looked the directory up just before the rename creates its temp file
+            # in the trash (it then finds its directory gone and writes again): remove that too.
+            shutil.rmtree(trash, ignore_errors=True)
+            if not os.path.lexists(trash):
+                break
         if self.fsync:
             _fsync_dir(parent)
         return count
