@@ -709,3 +709,24 @@ def test_manager_round_trip_on_redis_chunked_and_not(redis_store_factory: Factor
     assert mgr.lookup(other, "large") is None
     mgr.finish(ctx, succeeded=True)
     assert store.list("") == []
+
+
+def test_lookups_and_listings_survive_foreign_keys_and_lying_manifests(
+    redis_store_factory: Factory, raw: Any
+) -> None:
+    """A key of another type, or a manifest whose size is no count, lists with size 0 (it is
+    never a crash of ``ckpt ls``) and loading it reports the corruption, naming the key."""
+    store = redis_store_factory()
+    raw.hset(store._rkey("ns/words"), mapping={"gen": "g", "n": "1", "size": "abc"})
+    raw.hset(store._rkey("ns/negative"), mapping={"gen": "g", "n": "1", "size": "-5"})
+    raw.rpush(store._rkey("ns/list"), b"x")
+    for key in ("ns/words", "ns/negative", "ns/list"):
+        assert store.head(key) == ckpt.ObjectInfo(key, 0)
+        with pytest.raises(CheckpointCorrupted) as err:
+            store.get(key)
+        assert key in str(err.value)
+    assert sorted((i.key, i.size) for i in store.list("ns/")) == [
+        ("ns/list", 0),
+        ("ns/negative", 0),
+        ("ns/words", 0),
+    ]

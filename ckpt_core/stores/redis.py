@@ -121,6 +121,21 @@ def _aborted(batch: _Batch, exc: redis.ResponseError) -> list[Any]:
     return [exc] * len(batch.commands)
 
 
+def _stored_size(length: Any, manifest_size: Any) -> int:
+    """A record's size from ``STRLEN`` (plain) or its manifest's ``size`` (chunked). A key of
+    another type, or a manifest whose size is no count, reports 0 here: listing and lookups keep
+    working, and loading it reports the corruption."""
+    if not _is_wrongtype(length):
+        return int(_ok(length))
+    if _is_wrongtype(manifest_size) or isinstance(manifest_size, BaseException):
+        return 0
+    try:
+        size = int(manifest_size or 0)
+    except (TypeError, ValueError):
+        return 0
+    return max(size, 0)
+
+
 def _is_wrongtype(result: Any) -> bool:
     return isinstance(result, redis.ResponseError) and str(result).startswith("WRONGTYPE")
 
@@ -590,9 +605,7 @@ class RedisStore(Store):
         )
         if not _ok(exists):
             return None
-        if not _is_wrongtype(length):
-            return ObjectInfo(key, int(_ok(length)))
-        return ObjectInfo(key, int(_ok(size) or 0))
+        return ObjectInfo(key, _stored_size(length, size))
 
     def _delete_plan(self, key: str) -> _Plan[None]:
         rkey = self._rkey(key)
@@ -655,8 +668,7 @@ class RedisStore(Store):
                 exists, length, size = results[3 * i : 3 * i + 3]
                 if not _ok(exists):
                     continue  # deleted since the scan
-                n = int(_ok(size) or 0) if _is_wrongtype(length) else int(_ok(length))
-                out.append(ObjectInfo(self._key(rk), n))
+                out.append(ObjectInfo(self._key(rk), _stored_size(length, size)))
         return out
 
     # -- drivers -------------------------------------------------------------------------------
