@@ -245,6 +245,12 @@ class ScenarioResult:
     failures: list[str] = field(default_factory=list)
 
     def detail(self) -> str:
+        if not self.scenario.startswith("crash/"):  # server stops, full disks: no writer kills
+            return (
+                f"{self.scenario}: {self.kills} iterations in {self.seconds:.0f} s; "
+                f"{self.records_checked} records loaded and compared byte for byte; "
+                f"{len(self.failures)} failures"
+            )
         return (
             f"{self.scenario}: {self.kills} kills in {self.seconds:.0f} s; {self.mid_save_kills} "
             f"landed while a save was unacknowledged ({self.landed_in_flight} of those saves "
