@@ -75,7 +75,7 @@ STAGING_TTL_MS = 15 * 60 * 1000
 #: Chunk bytes sent or received per round trip (bounds the memory of a chunked put/get).
 PIPELINE_BYTES = 4 << 20
 #: Attempts of a chunked write whose staged chunks a concurrent delete removed.
-_PUBLISH_ATTEMPTS = 3
+_PUBLISH_ATTEMPTS = 10
 #: How often a reader restarts from the manifest when overwrites keep replacing the chunks.
 MAX_READ_ATTEMPTS = 20
 #: redis-py retries connection errors this many times, with exponential backoff and jitter.
