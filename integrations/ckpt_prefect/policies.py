@@ -16,13 +16,15 @@ scope: they are reused within one attempt only and deleted when the attempt ends
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import PurePath
 from typing import Any
 
 from prefect.cache_policies import CachePolicy, Inputs
 from prefect.context import TaskRunContext
-from prefect.utilities.hashing import hash_objects
 
 from ckpt_core import Scope
 
@@ -38,8 +40,23 @@ def task_identity(fn: Any) -> str:
     """
     qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     filename = getattr(getattr(fn, "__code__", None), "co_filename", None)
-    where = PurePath(filename).stem if filename else str(getattr(fn, "__module__", "?"))
+    return _task_identity(filename, qualname, str(getattr(fn, "__module__", "?")))
+
+
+@lru_cache(maxsize=1024)
+def _task_identity(filename: str | None, qualname: str, module: str) -> str:
+    # Cached: it runs for every task run, and parsing the path is most of its cost.
+    where = PurePath(filename).stem if filename else module
     return f"{where}.{qualname}"
+
+
+def _digest(*parts: str | int | None) -> str:
+    """The key digest of ``parts``: byte for byte what Prefect's ``hash_objects(*parts)`` gives
+    for these JSON-native parts (MD5 of ``json.dumps([parts, {}], sort_keys=True)``), so keys
+    stay those of earlier versions, without building a pydantic serializer and importing its
+    JSON library by name on every task run as ``hash_objects`` does."""
+    raw = json.dumps([list(parts), {}], sort_keys=True).encode()
+    return hashlib.md5(raw, usedforsecurity=False).hexdigest()
 
 
 @dataclass
@@ -76,11 +93,10 @@ class Resume(CachePolicy):
         inputs_key = Inputs(exclude=list(self.exclude)).compute_key(
             task_ctx=task_ctx, inputs=inputs, flow_parameters=flow_parameters
         )
-        parts: list[Any] = [identity.correlation_id, task_name, inputs_key]
+        parts: list[str | int | None] = [identity.correlation_id, task_name, inputs_key]
         if Scope(self.scope) is Scope.RUN:
             parts.append(identity.attempt)
-        digest = hash_objects(*parts, raise_on_failure=True)
-        return f"{task_name}:{digest}"
+        return f"{task_name}:{_digest(*parts)}"
 
     def __sub__(self, other: str) -> Resume:
         if not isinstance(other, str):

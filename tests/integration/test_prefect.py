@@ -471,7 +471,7 @@ def test_block_type_registers_with_secret_fields(prefect_server: str) -> None:
     assert block_type.name == "ckpt Storage"
     assert set(CheckpointStorage.get_block_capabilities()) >= {"read-path", "write-path"}
     schema = CheckpointStorage.model_json_schema()
-    assert set(schema["secret_fields"]) == {"storage_options.*", "signing_key"}
+    assert set(schema["secret_fields"]) == {"storage_options.*", "signing_key", "encryption_key"}
 
 
 def test_loaded_block_signs_records_and_hides_secrets(prefect_server: str, store_url: str) -> None:
