@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -56,3 +57,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     loaded, never both in one test session.
     """
     items.sort(key=lambda item: "/integration/" in str(item.fspath))
+
+
+@pytest.fixture
+def fault_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Callable[[str], Any]:
+    """Make a :class:`faults.crash.Backend` of a kind: ``local`` (below ``tmp_path``), ``redis``
+    or ``s3`` (the shared test servers, under a fresh prefix), for the fast fault tier."""
+    from faults.crash import local_backend, redis_backend, s3_backend
+
+    def make(kind: str) -> Any:
+        if kind == "local":
+            return local_backend(tmp_path / "store")
+        if kind == "redis":
+            return redis_backend(request.getfixturevalue("redis_url"))
+        server = request.getfixturevalue("s3_server")
+        return s3_backend(server.bucket, server.storage_options())
+
+    return make

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,7 +30,7 @@ from faults.concurrency import (
     value_for,
     worker_plan,
 )
-from faults.crash import Backend, local_backend, redis_backend, s3_backend
+from faults.crash import Backend
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX select on pipes")
 
@@ -38,20 +38,11 @@ PROCESSES = 4
 OPS = 150
 
 
-def backend_for(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if kind == "local":
-        return local_backend(tmp_path / "store")
-    if kind == "redis":
-        return redis_backend(request.getfixturevalue("redis_url"))
-    server: Any = request.getfixturevalue("s3_server")
-    return s3_backend(server.bucket, server.storage_options())
-
-
 @pytest.mark.parametrize("kind", ["local", "s3", "redis"])
 def test_processes_mixing_saves_loads_and_deletes_never_see_a_torn_value(
-    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+    kind: str, fault_backend: Callable[[str], Backend], tmp_path: Path
 ) -> None:
-    backend = backend_for(kind, request, tmp_path)
+    backend = fault_backend(kind)
     result = run_concurrency_scenario(
         backend, processes=PROCESSES, ops=OPS, seed=11, workdir=tmp_path / "work"
     )

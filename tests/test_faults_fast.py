@@ -12,18 +12,15 @@ store lists only record keys. Debris of killed writes is then cleaned (local tem
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from faults.crash import (
     NODES,
     Backend,
-    local_backend,
-    redis_backend,
     run_crash_scenario,
-    s3_backend,
     value_for,
     version_of,
 )
@@ -33,20 +30,11 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 KILLS = 20
 
 
-def backend_for(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if kind == "local":
-        return local_backend(tmp_path / "store")
-    if kind == "redis":
-        return redis_backend(request.getfixturevalue("redis_url"))
-    server: Any = request.getfixturevalue("s3_server")
-    return s3_backend(server.bucket, server.storage_options())
-
-
 @pytest.mark.parametrize("kind", ["local", "s3", "redis"])
 def test_sigkilled_writers_leave_only_exact_values_or_misses(
-    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+    kind: str, fault_backend: Callable[[str], Backend], tmp_path: Path
 ) -> None:
-    backend = backend_for(kind, request, tmp_path)
+    backend = fault_backend(kind)
     result = run_crash_scenario(backend, KILLS, seed=7, workdir=tmp_path / "work")
 
     assert result.failures == [], "\n".join(result.failures[:20])

@@ -948,19 +948,24 @@ def _first(keys: Iterable[str]) -> str:
     return ""
 
 
-#: Delete a manifest only if it still points at the given generation (atomic, server-side).
+#: Give a manifest's chunks the staging TTL (KEYS[1] the manifest; ARGV[1] the TTL in ms, ARGV[2]
+#: the chunk-key separator). Shared by the scripts below.
+_EXPIRE_CHUNKS_LUA = """
+local gen = redis.call('HGET', KEYS[1], 'gen')
+local n = tonumber(redis.call('HGET', KEYS[1], 'n')) or 0
+if gen then
+  for i = 0, n - 1 do
+    redis.call('PEXPIRE', KEYS[1] .. ARGV[2] .. gen .. ARGV[2] .. i, ARGV[1])
+  end
+end
+"""
+
 #: First command of every transaction that replaces or deletes a record: if the key holds a chunk
 #: manifest, its chunks get the staging TTL, atomically with the swap. The UNLINK that follows is
 #: only the fast path; a writer killed between the two can no longer leak chunks forever.
-_EXPIRE_OLD_CHUNKS = """
+_EXPIRE_OLD_CHUNKS = f"""
 if redis.call('TYPE', KEYS[1]).ok == 'hash' then
-  local gen = redis.call('HGET', KEYS[1], 'gen')
-  local n = tonumber(redis.call('HGET', KEYS[1], 'n')) or 0
-  if gen then
-    for i = 0, n - 1 do
-      redis.call('PEXPIRE', KEYS[1] .. ARGV[2] .. gen .. ARGV[2] .. i, ARGV[1])
-    end
-  end
+{_EXPIRE_CHUNKS_LUA}
 end
 return 0
 """
@@ -979,6 +984,7 @@ end
 return nil
 """
 
+#: Delete a manifest only if it still points at the given generation (atomic, server-side).
 _DELETE_IF_GEN = """
 if redis.call('HGET', KEYS[1], 'gen') == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -989,19 +995,13 @@ return 0
 #: Delete a record atomically. A chunk manifest's chunks get the staging TTL first (the UNLINK
 #: that follows is only the fast path) and its fields are returned; a plain record returns nil.
 #: No command here is refused by a server out of memory.
-_DELETE_RECORD = """
+_DELETE_RECORD = f"""
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then
   redis.call('DEL', KEYS[1])
   return false
 end
 local fields = redis.call('HGETALL', KEYS[1])
-local gen = redis.call('HGET', KEYS[1], 'gen')
-local n = tonumber(redis.call('HGET', KEYS[1], 'n')) or 0
-if gen then
-  for i = 0, n - 1 do
-    redis.call('PEXPIRE', KEYS[1] .. ARGV[2] .. gen .. ARGV[2] .. i, ARGV[1])
-  end
-end
+{_EXPIRE_CHUNKS_LUA}
 redis.call('DEL', KEYS[1])
 return fields
 """
