@@ -24,6 +24,7 @@ suite starts them (:mod:`tests.servers`). Each iteration:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import shutil
 import tempfile
@@ -106,7 +107,9 @@ class _Writer:
     failed_at: float = 0.0
 
     def run(self) -> None:
-        for index, size in enumerate(self.sizes):
+        # Until a save raises: a fast server must not run out of records before the kill lands.
+        for index in itertools.count():
+            size = self.sizes[index % len(self.sizes)]
             data = value_for(self.iteration, index, size)
             self.in_flight = (index, size)
             try:
