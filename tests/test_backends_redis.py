@@ -719,14 +719,18 @@ def test_lookups_and_listings_survive_foreign_keys_and_lying_manifests(
     store = redis_store_factory()
     raw.hset(store._rkey("ns/words"), mapping={"gen": "g", "n": "1", "size": "abc"})
     raw.hset(store._rkey("ns/negative"), mapping={"gen": "g", "n": "1", "size": "-5"})
+    raw.hset(store._rkey("ns/infinite"), mapping={"gen": "g", "n": "1", "size": "inf"})
+    raw.hset(store._rkey("ns/nan"), mapping={"gen": "g", "n": "1", "size": "nan"})
     raw.rpush(store._rkey("ns/list"), b"x")
-    for key in ("ns/words", "ns/negative", "ns/list"):
+    for key in ("ns/words", "ns/negative", "ns/infinite", "ns/nan", "ns/list"):
         assert store.head(key) == ckpt.ObjectInfo(key, 0)
         with pytest.raises(CheckpointCorrupted) as err:
             store.get(key)
         assert key in str(err.value)
     assert sorted((i.key, i.size) for i in store.list("ns/")) == [
+        ("ns/infinite", 0),
         ("ns/list", 0),
+        ("ns/nan", 0),
         ("ns/negative", 0),
         ("ns/words", 0),
     ]

@@ -118,7 +118,7 @@ def join_chunks(data: Data) -> bytes:
     return b"".join(iter_chunks(data))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObjectInfo:
     """What a store knows about a record without reading it."""
 

@@ -656,19 +656,11 @@ class RedisStore(Store):
         out: list[ObjectInfo] = []
         for start in range(0, len(rkeys), _SCAN_COUNT):
             page = rkeys[start : start + _SCAN_COUNT]
-            commands: list[_Cmd] = []
-            for rk in page:
-                commands += [
-                    _Cmd("exists", (rk,)),
-                    _Cmd("strlen", (rk,)),
-                    _Cmd("hget", (rk, b"size")),
-                ]
-            results = yield _Batch(tuple(commands))
-            for i, rk in enumerate(page):
-                exists, length, size = results[3 * i : 3 * i + 3]
-                if not _ok(exists):
-                    continue  # deleted since the scan
-                out.append(ObjectInfo(self._key(rk), _stored_size(length, size)))
+            # One script per page returns every size: one command, not three per key.
+            (sizes,) = yield _Batch((_Cmd("eval", (_SIZES, len(page), *page)),))
+            for rk, size in zip(page, _ok(sizes), strict=True):
+                if size >= 0:  # -1: deleted since the scan
+                    out.append(ObjectInfo(self._key(rk), size))
         return out
 
     # -- drivers -------------------------------------------------------------------------------
@@ -982,6 +974,27 @@ for i, key in ipairs(KEYS) do
   end
 end
 return nil
+"""
+
+#: The size of each record in KEYS: STRLEN of a plain record, the manifest's size of a chunked one
+#: (0 if it is no count, as for a key of another type), -1 for a key deleted since the SCAN.
+_SIZES = """
+local sizes = {}
+for i, key in ipairs(KEYS) do
+  local kind = redis.call('TYPE', key).ok
+  if kind == 'string' then
+    sizes[i] = redis.call('STRLEN', key)
+  elseif kind == 'hash' then
+    local n = tonumber(redis.call('HGET', key, 'size'))
+    if n == nil or n ~= n or n < 0 or n > 9007199254740992 then n = 0 end
+    sizes[i] = math.floor(n)
+  elseif kind == 'none' then
+    sizes[i] = -1
+  else
+    sizes[i] = 0
+  end
+end
+return sizes
 """
 
 #: Delete a manifest only if it still points at the given generation (atomic, server-side).
