@@ -27,6 +27,35 @@ from .redis import URL as REDIS_URL
 Ops = dict[str, Callable[[int, str], float]]
 
 
+def _ckpt_ops(mgr: Any, payload: bytes) -> Ops:
+    """The ckpt side of every curve: ``n`` saves into one correlation, one list, one cleanup."""
+    import ckpt_core as ckpt
+
+    def ctx(corr: str) -> Any:
+        return ckpt.RunContext(run_id="r", correlation_id=corr, attempt=1)
+
+    def save(n: int, corr: str) -> float:
+        c = ctx(corr)
+        t = clock()
+        for i in range(n):
+            mgr.save(c, f"n{i}", payload)
+        return clock() - t
+
+    def list_(n: int, corr: str) -> float:
+        t = clock()
+        found = mgr.list(ctx(corr))
+        seconds = clock() - t
+        assert len(found) == n, (len(found), n)
+        return seconds
+
+    def cleanup(n: int, corr: str) -> float:
+        t = clock()
+        mgr.cleanup_correlation(corr)
+        return clock() - t
+
+    return {"save": save, "list": list_, "cleanup": cleanup}
+
+
 def _local_sides(root: Path) -> tuple[Ops, Ops, Callable[[], None]]:
     import ckpt_core as ckpt
 
@@ -34,28 +63,6 @@ def _local_sides(root: Path) -> tuple[Ops, Ops, Callable[[], None]]:
     raw = root / "raw"
     raw.mkdir()
     payload = b'{"v": 1}'
-
-    def ctx(corr: str) -> Any:
-        return ckpt.RunContext(run_id="r", correlation_id=corr, attempt=1)
-
-    def c_save(n: int, corr: str) -> float:
-        c = ctx(corr)
-        t = clock()
-        for i in range(n):
-            mgr.save(c, f"n{i}", payload)
-        return clock() - t
-
-    def c_list(n: int, corr: str) -> float:
-        t = clock()
-        found = mgr.list(ctx(corr))
-        seconds = clock() - t
-        assert len(found) == n, (len(found), n)
-        return seconds
-
-    def c_clean(n: int, corr: str) -> float:
-        t = clock()
-        mgr.cleanup_correlation(corr)
-        return clock() - t
 
     def r_save(n: int, corr: str) -> float:
         d = raw / corr
@@ -82,7 +89,7 @@ def _local_sides(root: Path) -> tuple[Ops, Ops, Callable[[], None]]:
         return clock() - t
 
     return (
-        {"save": c_save, "list": c_list, "cleanup": c_clean},
+        _ckpt_ops(mgr, payload),
         {"save": r_save, "list": r_list, "cleanup": r_clean},
         lambda: None,
     )
@@ -100,28 +107,6 @@ def _redis_sides() -> tuple[Ops, Ops, Callable[[], None]]:
     client.ping()
     mgr = ckpt.CheckpointManager(store, "bench")
     payload = b'{"v": 1}'
-
-    def ctx(corr: str) -> Any:
-        return ckpt.RunContext(run_id="r", correlation_id=corr, attempt=1)
-
-    def c_save(n: int, corr: str) -> float:
-        c = ctx(corr)
-        t = clock()
-        for i in range(n):
-            mgr.save(c, f"n{i}", payload)
-        return clock() - t
-
-    def c_list(n: int, corr: str) -> float:
-        t = clock()
-        found = mgr.list(ctx(corr))
-        seconds = clock() - t
-        assert len(found) == n, (len(found), n)
-        return seconds
-
-    def c_clean(n: int, corr: str) -> float:
-        t = clock()
-        mgr.cleanup_correlation(corr)
-        return clock() - t
 
     def r_save(n: int, corr: str) -> float:
         t = clock()
@@ -154,7 +139,7 @@ def _redis_sides() -> tuple[Ops, Ops, Callable[[], None]]:
         store.close()
 
     return (
-        {"save": c_save, "list": c_list, "cleanup": c_clean},
+        _ckpt_ops(mgr, payload),
         {"save": r_save, "list": r_list, "cleanup": r_clean},
         close,
     )
