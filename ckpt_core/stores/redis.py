@@ -516,13 +516,14 @@ class RedisStore(Store):
             (kind,) = yield _Batch((_Cmd("type", (rkey,)),))
             kind = _ok(kind)
             kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-            if kind not in ("string", "none"):
+            # "hash": replaced by a small record and then by a new chunked one since our GET.
+            if kind not in ("string", "none", "hash"):
                 raise CheckpointCorrupted(
                     f"Redis key {rkey!r} on {self.url} holds a {kind}, not a ckpt record; "
                     "delete it (ckpt rm) and let the step recompute",
                     key=self._key(rkey),
                 )
-            return _RETRY  # replaced by a small record since our GET
+            return _RETRY  # the record was replaced since our GET: read it again
         manifest = self._manifest(_ok(raw), rkey)
         if manifest is None:
             return None
