@@ -25,7 +25,7 @@ from ckpt_core import CheckpointCorrupted, StoreConfigError, StoreUnavailable, o
 from ckpt_core.stores.redis import STAGING_TTL_MS, RedisStore
 from ckpt_core.testing.twins import ChunkedPayload, GeneratedPayload
 
-from .records import check_versioned, versioned
+from .records import check_versioned, read_while_running, versioned
 from .servers import RedisServer
 
 Factory = Callable[..., RedisStore]
@@ -623,13 +623,7 @@ def test_writers_in_several_processes_never_tear_a_record(redis_url: str) -> Non
     try:
         for p in procs:
             p.start()
-        reads, problems = 0, []
-        while any(p.is_alive() for p in procs) or reads < 20:
-            data = store.get("ns/shared")
-            reads += 1
-            problem = "a miss" if data is None else check_versioned(bytes(data))
-            if problem:
-                problems.append(problem)
+        problems = read_while_running(store, "ns/shared", procs, min_reads=20)
         for p in procs:
             p.join(120)
             assert p.exitcode == 0

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import multiprocessing
 import threading
-import time
 import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from ckpt_core import (
 )
 from ckpt_core.testing.twins import GeneratedPayload
 
-from .records import check_versioned, versioned
+from .records import check_versioned, read_while_running, versioned
 from .servers import SeaweedServer
 
 Factory = Callable[..., FsspecStore]
@@ -322,14 +321,7 @@ def test_writers_in_several_processes_never_tear_a_record(s3_server: SeaweedServ
     try:
         for p in procs:
             p.start()
-        reads, problems = 0, []
-        while any(p.is_alive() for p in procs) or reads < 10:
-            data = store.get("ns/shared")
-            reads += 1
-            problem = "a miss" if data is None else check_versioned(bytes(data))
-            if problem:
-                problems.append(problem)
-            time.sleep(0.01)  # leave the two cores to the writers and the server
+        problems = read_while_running(store, "ns/shared", procs, min_reads=10, pause=0.01)
         for p in procs:
             p.join(120)
             assert p.exitcode == 0
