@@ -104,7 +104,7 @@ def codec_of(mgr: ckpt.CheckpointManager, node: str) -> str:
 
 def round_trip(mgr: ckpt.CheckpointManager, value: Any, **kw: Any) -> Any:
     info = mgr.save(CTX, "node", value, **kw)
-    assert info.size > 0 and info.checksum and info.checksum.startswith("sha256:")
+    assert info.size > 0 and info.checksum and info.checksum.startswith("blake3:")
     assert mgr.lookup(CTX, "node") is not None
     return mgr.load(CTX, "node")
 

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import ckpt_core as ckpt
-from ckpt_core import EncryptionKeyError, crypto
+from ckpt_core import EncryptionKeyError, crypto, envelope
 from ckpt_core.cli.app import app
 from ckpt_core.crypto import TAG_SIZE
 from ckpt_core.envelope import (
@@ -74,10 +74,10 @@ def raw_bytes(store: ckpt.Store, key: str) -> bytes:
 
 
 def with_trailer(data: bytes | bytearray, signed: bool = False) -> bytes:
-    """``data`` with its sha256 trailer recomputed (to get past the checksum on purpose)."""
+    """``data`` with its digest trailer recomputed (to get past the checksum on purpose)."""
     trailer = DIGEST_SIZE * (2 if signed else 1)
     body = bytes(data[:-trailer])
-    return body + hashlib.sha256(body).digest()
+    return body + envelope.record_digest(body)
 
 
 class Opaque:

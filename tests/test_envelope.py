@@ -8,10 +8,12 @@ naming the key, quickly and without allocating what the header claims.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import struct
 import tracemalloc
 
+import blake3
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -40,7 +42,7 @@ def forge(header: bytes | dict[str, object], payload: bytes = b"xyz", flags: int
     """A record with a *valid* digest around an arbitrary header, to reach the header checks."""
     raw = header if isinstance(header, bytes) else json.dumps(header).encode()
     head = struct.pack(">4sBBI", MAGIC, envelope.VERSION, flags, len(raw)) + raw
-    return head + payload + hashlib.sha256(head + payload).digest()
+    return head + payload + envelope.record_digest(head + payload)
 
 
 def corrupted(data: bytes, signing_key: bytes | None = None) -> ckpt.CheckpointCorrupted:
@@ -60,7 +62,7 @@ def test_round_trip_and_layout() -> None:
     assert [bytes(p) for p in opened.parts] == [b"ab", b"cde", b""]
     assert opened.header["size"] == 5 and opened.header["parts"] == [2, 3, 0]
     assert opened.checksum == record.checksum
-    assert opened.checksum == "sha256:" + hashlib.sha256(data[:-DIGEST_SIZE]).hexdigest()
+    assert opened.checksum == "blake3:" + blake3.blake3(data[:-DIGEST_SIZE]).hexdigest()
     assert not opened.signed
     assert read_header(data, KEY)["codec"] == "raw"
 
@@ -114,10 +116,44 @@ def test_truncation_at_every_length(signed: bool) -> None:
 def test_wrong_magic_version_and_flags() -> None:
     data = small_record()
     assert "bad magic" in str(corrupted(b"XKPT" + data[4:]))
-    assert "version 2" in str(corrupted(data[:4] + b"\x02" + data[5:]))
+    newer = str(corrupted(data[:4] + b"\x03" + data[5:]))
+    assert "version 3" in newer and "reads versions 1, 2" in newer and "upgrade ckpt" in newer
     assert "unknown record flags 0x04" in str(corrupted(forge({"codec": "raw"}, flags=0x04)))
     assert "shorter than the record prefix" in str(corrupted(b"CKPT"))
     assert "not a ckpt record" in str(corrupted(b"PK\x03\x04" + bytes(100)))
+
+
+def as_version_1(data: bytes, signing_key: bytes | None = None) -> bytes:
+    """A record as ckpt 0.x wrote it: format version 1, sha256 trailer (and HMAC over it)."""
+    trailer = DIGEST_SIZE * (2 if signing_key else 1)
+    body = data[:4] + b"\x01" + data[5:-trailer]
+    digest = hashlib.sha256(body).digest()
+    if signing_key:
+        head_len = PREFIX_SIZE + struct.unpack_from(">I", body, 6)[0]
+        digest += hmac.new(signing_key, body[:head_len] + digest, hashlib.sha256).digest()
+    return body + digest
+
+
+@pytest.mark.parametrize("signing_key", [None, SIGNING_KEY])
+def test_version_1_records_still_load(signing_key: bytes | None) -> None:
+    old = as_version_1(small_record(signing_key, [b"from", b" before"]), signing_key)
+    opened = open_record(old, KEY, signing_key)
+    assert b"".join(bytes(p) for p in opened.parts) == b"from before"
+    assert (
+        opened.checksum
+        == "sha256:" + hashlib.sha256(old[: -DIGEST_SIZE * (1 + bool(signing_key))]).hexdigest()
+    )
+    assert opened.signed is bool(signing_key)
+
+
+def test_the_version_byte_not_the_header_picks_the_digest() -> None:
+    data = small_record()
+    # A version-1 record carrying a (valid) blake3 trailer, and a version-2 one carrying sha256:
+    # each is checked with its own version's digest, so neither passes.
+    v1_with_blake3 = data[:4] + b"\x01" + data[5:-DIGEST_SIZE]
+    corrupted(v1_with_blake3 + envelope.record_digest(v1_with_blake3, 2))
+    v2_with_sha256 = data[:-DIGEST_SIZE]
+    corrupted(v2_with_sha256 + hashlib.sha256(v2_with_sha256).digest())
 
 
 def test_huge_declared_lengths_allocate_nothing() -> None:
@@ -168,7 +204,7 @@ def test_lying_or_garbage_headers(header: bytes) -> None:
 
 def test_header_length_past_the_end() -> None:
     head = struct.pack(">4sBBI", MAGIC, 1, 0, 500) + b"{}"
-    corrupted(head + hashlib.sha256(head).digest())
+    corrupted(head + envelope.record_digest(head))
     with pytest.raises(ckpt.CheckpointCorrupted, match="truncated inside the header"):
         read_header(head, KEY)
 

@@ -24,7 +24,6 @@ the key encoding and the memory/local stores. This file goes through
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -104,11 +103,11 @@ def base_records() -> dict[str, list[bytes]]:
 
 
 def forge(header: bytes | dict[str, Any], payload: bytes = b"", flags: int = 0) -> bytes:
-    """A record with a *valid* sha256 trailer around any header (what an attacker with write
+    """A record with a *valid* digest trailer around any header (what an attacker with write
     access to an unsigned store can produce)."""
     raw = header if isinstance(header, bytes) else json.dumps(header).encode()
     head = struct.pack(">4sBBI", MAGIC, envelope.VERSION, flags, len(raw)) + raw
-    return head + payload + hashlib.sha256(head + payload).digest()
+    return head + payload + envelope.record_digest(head + payload)
 
 
 def valid_record(codec: str, schema: Any, parts: list[bytes], **header: Any) -> bytes:

@@ -123,3 +123,36 @@ def test_async_loads_take_the_same_path(mgr: ckpt.CheckpointManager) -> None:
     payload = _payload()
     mgr.save(CTX, "blob", payload)
     assert asyncio.run(mgr.aload(CTX, "blob")) == payload
+
+
+def test_a_large_version_1_record_still_loads(mgr: ckpt.CheckpointManager) -> None:
+    """Records written before the BLAKE3 trailer (format version 1, sha256) take the streamed
+    path too and load byte for byte; with one flipped payload bit they are corruption."""
+    import hashlib
+
+    mgr.save(CTX, "blob", _payload())
+    path = _record_path(mgr, "blob")
+    with open(path, "rb") as f:
+        data = f.read()
+    body = data[:4] + b"\x01" + data[5:-32]
+    with open(path, "wb") as f:
+        f.write(body + hashlib.sha256(body).digest())
+    assert mgr.load(CTX, "blob") == _payload()
+    with open(path, "r+b") as f:
+        f.seek(len(body) // 2)
+        byte = f.read(1)
+        f.seek(len(body) // 2)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(ckpt.CheckpointCorrupted, match="checksum mismatch"):
+        mgr.load(CTX, "blob")
+
+
+def test_a_large_numpy_load_is_writable_memory_of_its_own(mgr: ckpt.CheckpointManager) -> None:
+    array = np.arange(SIZE // 8, dtype=np.float64)
+    mgr.save(CTX, "numpy", array)
+    first, second = mgr.load(CTX, "numpy"), mgr.load(CTX, "numpy")
+    assert first.flags.writeable and np.array_equal(first, array)
+    first[:] = -1.0  # each load is its own memory
+    assert np.array_equal(second, array)
+    del first
+    assert np.array_equal(second, array)

@@ -42,7 +42,7 @@ def test_save_returns_full_info(mgr: CheckpointManager) -> None:
     assert info.codec == "json" and info.schema == "json"
     assert info.run_id == "r-1" and info.correlation_id == "job-7" and info.attempt == 1
     assert info.created_at is not None and info.created_at >= before
-    assert info.checksum is not None and info.checksum.startswith("sha256:")
+    assert info.checksum is not None and info.checksum.startswith("blake3:")
     assert not info.signed
     data = mgr.store.get(info.key)
     assert data is not None and len(data) == info.size

@@ -444,7 +444,7 @@ class ManagerConformance(TwinFixtures):
         assert (info.namespace, info.node, info.scope) == (self.namespace, "n", Scope.RUN)
         assert (info.run_id, info.correlation_id, info.attempt) == ("run-1", "job-1", 1)
         assert info.codec == "json" and not info.signed
-        assert info.checksum is not None and info.checksum.startswith("sha256:")
+        assert info.checksum is not None and info.checksum.startswith("blake3:")
         head = store.head(info.key)
         assert head is not None and info.size == head.size
         hit = mgr.lookup(ctx, "n")

@@ -63,7 +63,7 @@ def test_partitioned_assets_are_keyed_by_asset_and_partition(
     meta = {k: v.value for k, v in materialization.metadata.items()}
     assert meta["ckpt/uri"] == f"{store_url}/dagster/assets/daily/partitions/2024-01-02"
     assert meta["ckpt/scope"] == "asset (persistent)"
-    assert meta["ckpt/checksum"].startswith("sha256:")
+    assert meta["ckpt/checksum"].startswith("blake3:")
     assert meta["ckpt/size"] > 0 and meta["ckpt/codec"] == "json"
 
     # same partitions downstream: daily is not in this run, so it loads from its key

@@ -135,7 +135,7 @@ def test_reexecution_from_failure_runs_only_the_failed_op(dagster: Runner, store
     assert meta["ckpt/uri"] == f"{store_url}/three_ops/corr/{root}/b.result"
     assert meta["ckpt/size"] == Path(meta["ckpt/uri"]).stat().st_size
     assert meta["ckpt/codec"] == "json"
-    assert meta["ckpt/checksum"].startswith("sha256:")
+    assert meta["ckpt/checksum"].startswith("blake3:")
     assert meta["ckpt/scope"] == "run family"
 
 

@@ -406,7 +406,7 @@ def test_records_are_ckpt_records_kept_after_final_failure(
     opened = open_record(raw, by_task["extract"].key, None)
     assert opened.header["codec"] == "raw"
     assert opened.header["corr"] == correlation
-    assert opened.checksum.startswith("sha256:")
+    assert opened.checksum.startswith("blake3:")
     payload = reader.load(ctx, by_task["extract"].node)
     assert ResultRecord.deserialize(payload).result == [2026, 1, 2]
     assert ResultRecord.deserialize(reader.load(ctx, by_task["transform"].node)).result == 2029
