@@ -96,9 +96,12 @@ def record_digest(data: Buffer, version: int = VERSION) -> bytes:
     return hasher.digest()
 
 
-#: Payload slices are hashed and written this many bytes at a time (and encrypted, as segments
-#: of this many plaintext bytes).
+#: Encrypted payloads are sealed in segments of this many plaintext bytes.
 SLICE = 1 << 20
+#: Plain payloads are handed to the store (and hashed) in views of this many bytes: large enough
+#: that a store chunking by the same size (Redis's default 4 MiB chunks) sends each view as it
+#: is instead of joining smaller ones into a copy.
+PLAIN_SLICE = 4 << 20
 #: Records at least this large are hashed in a background thread while they are written.
 BACKGROUND_HASH = 8 << 20
 
@@ -252,8 +255,8 @@ class Record:
         """The payload as stored, slice by slice: the codec's buffers, or their sealed segments."""
         if self._encryption_key is None:
             for view in self._buffers:
-                for start in range(0, view.nbytes, SLICE):
-                    yield view[start : start + SLICE]
+                for start in range(0, view.nbytes, PLAIN_SLICE):
+                    yield view[start : start + PLAIN_SLICE]
             return
         yield from crypto.seal(
             self._encryption_key,

@@ -68,10 +68,10 @@ def test_round_trip_and_layout() -> None:
 
 
 def test_large_payload_is_streamed_in_slices() -> None:
-    payload = bytes(range(256)) * (3 * envelope.SLICE // 256 + 7)
+    payload = bytes(range(256)) * (3 * envelope.PLAIN_SLICE // 256 + 7)
     record = Record({"codec": "raw"}, [payload], None)
     chunks = list(record)
-    assert max(len(memoryview(c)) for c in chunks[1:-1]) <= envelope.SLICE
+    assert max(len(memoryview(c)) for c in chunks[1:-1]) <= envelope.PLAIN_SLICE
     assert len(chunks) >= 5  # head, >= 3 slices, trailer: never one joined copy
     data = b"".join(chunks)
     assert bytes(open_record(data, KEY, None).parts[0]) == payload

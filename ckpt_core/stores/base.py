@@ -42,7 +42,10 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class Payload(Protocol):
-    """A record to write: its exact ``size`` and its bytes as an iterable of buffers."""
+    """A record to write: its exact ``size`` and its bytes as an iterable of buffers.
+
+    A buffer must stay unchanged until the write returns: a store may hold views of several
+    of them at once (a batch of Redis chunks) instead of copying them."""
 
     size: int
 
