@@ -165,7 +165,9 @@ def _run_child(kind: str, op: str, impl: str, size: int, directory: str) -> dict
 def large(cfg: Config, root: Path) -> list[Row]:
     size = cfg.pick(1 << 30, 64 << 20)
     label = "1 GiB" if size == 1 << 30 else f"{size >> 20} MiB"
-    reps = max(3, cfg.reps - 2) if not cfg.quick else 2
+    # Five at least: the reference numpy load swings 0.4-1.6 s between runs (np.empty asks for
+    # huge pages, and the kernel compacts memory for them when it is fragmented).
+    reps = max(5, cfg.reps) if not cfg.quick else 2
     rows: list[Row] = []
     for kind in ("bytes", "numpy"):
         dirs = {impl: str(root / f"big-{impl}") for impl in ("ckpt", "raw")}

@@ -136,8 +136,31 @@ def scope_prefix(namespace: str, scope: str, owner: str) -> str:
 
 
 def record_key(namespace: str, scope: str, owner: str, node: str) -> str:
-    """The store key of one checkpoint."""
+    """The store key of one checkpoint.
+
+    Cached: every save builds one key and every load two, always from the same few ids, and
+    building one encodes (or at least matches) four ids. Only plain ``str`` ids are cached; a
+    ``str`` subclass or a non-``str`` (which raises) goes the long way.
+    """
+    ids = (namespace, scope, owner, node)
+    if type(namespace) is str and type(scope) is str and type(owner) is str and type(node) is str:
+        key = _record_keys.get(ids)
+        if key is None:
+            key = _build_record_key(*ids)
+            if len(_record_keys) >= _RECORD_KEYS_CACHED:
+                _record_keys.clear()  # a long-lived process with many ids: start over
+            _record_keys[ids] = key
+        return key
+    return _build_record_key(*ids)
+
+
+def _build_record_key(namespace: str, scope: str, owner: str, node: str) -> str:
     return scope_prefix(namespace, scope, owner) + encode_component(node)
+
+
+#: How many record keys :func:`record_key` keeps.
+_RECORD_KEYS_CACHED = 4096
+_record_keys: dict[tuple[str, str, str, str], str] = {}
 
 
 def parse_record_key(key: str) -> tuple[str, str, str, str] | None:

@@ -131,10 +131,16 @@ class CheckpointManager:
     # -- keys ------------------------------------------------------------------------------
     def key_for(self, ctx: RunContext, node: str, scope: Scope = Scope.CORRELATION) -> str:
         """The store key a checkpoint of ``node`` has in ``scope``."""
-        owner = ctx.run_id if Scope(scope) is Scope.RUN else ctx.correlation_id
-        return keys.record_key(self.namespace, Scope(scope).value, owner, node)
+        if type(scope) is not Scope:
+            scope = Scope(scope)
+        if scope is Scope.RUN:
+            return keys.record_key(self.namespace, "run", ctx.run_id, node)
+        return keys.record_key(self.namespace, "correlation", ctx.correlation_id, node)
 
     def _lookup_keys(self, ctx: RunContext, node: str) -> list[str]:
+        """The keys a load tries, in order: RUN scope, then CORRELATION (through
+        :meth:`key_for`, which a subclass may lay out differently, as the Dagster asset manager
+        does)."""
         return [self.key_for(ctx, node, Scope.RUN), self.key_for(ctx, node, Scope.CORRELATION)]
 
     def _info(self, obj: ObjectInfo, **fields: Any) -> CheckpointInfo:
@@ -155,7 +161,8 @@ class CheckpointManager:
         self, ctx: RunContext, node: str, value: Any, scope: Scope, codec: str | None
     ) -> Plan[CheckpointInfo]:
         self._check_lease(ctx)
-        scope = Scope(scope)
+        if type(scope) is not Scope:
+            scope = Scope(scope)
         key = self.key_for(ctx, node, scope)
         chosen, encoded = self.codecs.encode(value, codec or self.codec, node)
         created = time.time()

@@ -156,6 +156,64 @@ def test_exact_round_trip(mgr: ckpt.CheckpointManager, name: str, value: Any, co
         assert math.copysign(1, loaded) == -1
 
 
+class _Key(str):
+    pass
+
+
+class _Count(int):
+    pass
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+def _types(value: Any) -> Any:
+    """The type of ``value`` and, nested alike, of every key and element in it."""
+    if isinstance(value, (list, tuple)):
+        return type(value), [_types(item) for item in value]
+    if isinstance(value, dict):
+        return type(value), [(type(k), _types(v)) for k, v in value.items()]
+    return type(value)
+
+
+def _cyclic() -> list[Any]:
+    value: list[Any] = [1]
+    value.append([value])
+    return value
+
+
+# The exactness walk goes one nesting level at a time over all containers of the level: what it
+# must still catch is one inexact key or value anywhere in a wide level, or deep below one.
+WALKED: list[tuple[str, Any, str]] = [
+    ("wide-rows", {"rows": [{"id": i, "v": i * 0.5, "t": ["a", None]} for i in range(50)]}, "json"),
+    ("mixed-levels", [[1, {"a": [2.5, {"b": [True]}]}], {"c": []}, "s", None], "json"),
+    ("tuple-in-a-later-row", {"rows": [{"t": [1]}, {"t": [1]}, {"t": [1, (2,)]}]}, "pickle"),
+    ("str-subclass-key-in-a-later-row", [{"k": 1}, {"k": 2}, {_Key("k"): 3}], "pickle"),
+    ("int-key-in-a-later-row", [{"k": 1}, {1: 2}], "pickle"),
+    ("int-subclass-deep-in-a-list", [[1, 2], {"a": [{"b": _Count(1)}]}], "pickle"),
+    ("dict-subclass-among-dicts", [{"a": 1}, OrderedDict(a=1)], "pickle"),
+    ("deepest-allowed", _nested(201), "json"),
+    ("one-level-too-deep", _nested(202), "pickle"),
+    ("contains-itself", _cyclic(), "pickle"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "codec"), WALKED, ids=[w[0] for w in WALKED])
+def test_json_takes_only_values_that_round_trip_exactly(
+    mgr: ckpt.CheckpointManager, name: str, value: Any, codec: str
+) -> None:
+    mgr.save(CTX, "node", value)
+    assert codec_of(mgr, "node") == codec
+    if name != "contains-itself":  # pickle keeps the cycle; == on it would recurse forever
+        loaded = mgr.load(CTX, "node")
+        assert loaded == value
+        assert _types(loaded) == _types(value)  # not only equal: the same types all the way down
+
+
 def test_bytes_likes_keep_their_type(mgr: ckpt.CheckpointManager) -> None:
     assert round_trip(mgr, bytearray(b"ab")) == bytearray(b"ab")
     assert type(mgr.load(CTX, "node")) is bytearray

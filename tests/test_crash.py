@@ -176,11 +176,13 @@ class _StallHalfway:
     def __iter__(self) -> Iterator[Any]:
         written = 0
         for chunk in self._record:
-            yield chunk
-            written += len(memoryview(chunk))
-            if written >= self.size // 2:
-                self._halfway.set()
-                time.sleep(120)
+            view = memoryview(chunk)
+            for start in range(0, len(view), 256 * 1024):  # stall inside the payload
+                yield view[start : start + 256 * 1024]
+                written += len(view[start : start + 256 * 1024])
+                if written >= self.size // 2:
+                    self._halfway.set()
+                    time.sleep(120)
 
 
 def _stall_mid_write(root: str, halfway: Any) -> None:

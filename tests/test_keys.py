@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -149,6 +150,43 @@ def test_record_key_layout_and_parse() -> None:
     assert keys.scope_prefix("ns", "run", "r") == "ns/run/r/"
     assert keys.parse_record_key("not/a/ckpt-key") is None
     assert keys.parse_record_key("a/other/b/c") is None
+
+
+@given(st.lists(ids, min_size=4, max_size=4))
+@fast
+def test_cached_record_keys_are_the_keys_built_afresh(parts: list[str]) -> None:
+    ns, owner, node, other = parts
+    built = keys.scope_prefix(ns, "run", owner) + encode_component(node)
+    assert keys.record_key(ns, "run", owner, node) == built
+    assert keys.record_key(ns, "run", owner, node) == built  # from the cache
+    assert keys.record_key(ns, "run", other, node) == keys.scope_prefix(
+        ns, "run", other
+    ) + encode_component(node)
+
+
+class _Id(str):
+    pass
+
+
+@pytest.mark.parametrize("bad", [1, None, b"bytes", ["list"]])
+def test_record_keys_of_non_str_ids_are_refused_not_cached(bad: object) -> None:
+    for position in range(3):
+        parts: list[Any] = ["ns", "owner", "node"]
+        parts[position] = bad
+        with pytest.raises(ckpt.InvalidKey):
+            keys.record_key(parts[0], "correlation", parts[1], parts[2])
+
+
+def test_record_keys_of_str_subclasses_encode_their_text() -> None:
+    assert keys.record_key(_Id("ns"), "run", _Id("r/1"), _Id("n")) == "ns/run/r%2F1/n"
+
+
+def test_the_record_key_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(keys, "_RECORD_KEYS_CACHED", 8)
+    monkeypatch.setattr(keys, "_record_keys", {})
+    for i in range(50):
+        assert keys.record_key("ns", "correlation", "c", f"node-{i}") == f"ns/corr/c/node-{i}"
+        assert len(keys._record_keys) <= 8
 
 
 def test_escape_glob() -> None:

@@ -22,7 +22,8 @@ import functools
 import importlib
 import json
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from itertools import chain
 from typing import Any
 
 from ..errors import SchemaMismatch, SerializationError
@@ -37,33 +38,89 @@ _STR_ONLY = frozenset({str})
 _JSON_TYPES = _SCALARS | {list, dict}
 
 
-def _is_plain_json(value: Any, depth: int = 0) -> bool:
+#: The payload encoders, built once (``json.dumps`` with options builds one per call). No
+#: ``check_circular``: ``accepts`` (:func:`_is_plain_json`) has already refused values nested
+#: deeper than :data:`_MAX_DEPTH`, cycles included, and the C encoder still stops a cycle
+#: passed to ``encode`` directly with a ``RecursionError``.
+_encode_utf8 = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), check_circular=False
+).encode
+_encode_ascii = json.JSONEncoder(
+    ensure_ascii=True, separators=(",", ":"), check_circular=False
+).encode
+
+
+def _dump_plain(value: Any) -> bytes:
+    """Compact UTF-8 JSON; a lone surrogate in a str (not UTF-8) is escaped as ``\\udXXX``."""
+    try:
+        return _encode_utf8(value).encode("utf-8")
+    except UnicodeEncodeError:
+        return _encode_ascii(value).encode()
+
+
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def _load_plain(text: str) -> Any:
+    """``json.loads(text)``, a little faster for what :func:`_dump_plain` writes: ``raw_decode``
+    skips the two whitespace matches around the document (there is no whitespace). Any other
+    text (whitespace around it, data after it, an error) goes to ``json.loads``, which accepts
+    or refuses it exactly as it always did."""
+    try:
+        value, end = _raw_decode(text)
+    except ValueError:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
+def _is_plain_json(value: Any) -> bool:
     """Whether ``value`` is made of exact JSON types only (so it round-trips unchanged).
 
-    Runs on every save of JSON data, so the element types of each list or dict are collected
-    with one ``set(map(type, ...))`` and only nested containers are visited one by one."""
-    t = type(value)
-    if t in _SCALARS:
+    Runs on every save of JSON data, so it walks the value one nesting level at a time: the
+    types of all keys and of all values of a level are each collected by one
+    ``set(map(type, ...))`` in C, and no Python code runs per container or per element unless
+    the level mixes containers with other values. Containers nested deeper than
+    :data:`_MAX_DEPTH` (or a value that contains itself) are refused."""
+    kind = type(value)
+    if kind in _SCALARS:
         return True
-    if depth > _MAX_DEPTH:
+    if kind is not dict and kind is not list:
         return False
-    if t is dict:
-        if not set(map(type, value)) <= _STR_ONLY:
+    dicts: list[Any] = [value] if kind is dict else []
+    lists: list[Any] = [value] if kind is list else []
+    for _depth in range(_MAX_DEPTH + 1):
+        if dicts:
+            keys = dicts[0] if len(dicts) == 1 else chain.from_iterable(dicts)
+            if not set(map(type, keys)) <= _STR_ONLY:
+                return False
+        types = set(map(type, _values(dicts, lists)))
+        if types <= _SCALARS:
+            return True
+        if not types <= _JSON_TYPES:
             return False
-        items: Any = value.values()
-    elif t is list:
-        items = value
-    else:
-        return False
-    types = set(map(type, items))
-    if types <= _SCALARS:
-        return True
-    if not types <= _JSON_TYPES:
-        return False
-    for item in items:
-        if type(item) not in _SCALARS and not _is_plain_json(item, depth + 1):
-            return False
-    return True
+        dicts, lists = _of_type(dict, types, dicts, lists), _of_type(list, types, dicts, lists)
+    return False
+
+
+def _values(dicts: list[dict[str, Any]], lists: list[list[Any]]) -> Iterable[Any]:
+    """The values of every container of one level, afresh (a lone container as it is)."""
+    if not dicts:
+        return lists[0] if len(lists) == 1 else chain.from_iterable(lists)
+    in_dicts = (
+        dicts[0].values() if len(dicts) == 1 else chain.from_iterable(map(dict.values, dicts))
+    )
+    return chain(chain.from_iterable(lists), in_dicts) if lists else in_dicts
+
+
+def _of_type(
+    kind: type, types: set[type], dicts: list[dict[str, Any]], lists: list[list[Any]]
+) -> list[Any]:
+    """The ``kind`` containers among the values of a level whose value types are ``types``."""
+    if kind not in types:
+        return []
+    if len(types) == 1:
+        return list(_values(dicts, lists))
+    return [value for value in _values(dicts, lists) if type(value) is kind]
 
 
 def _pydantic_base() -> Any:
@@ -175,14 +232,16 @@ class JsonCodec:
         )
 
     def accepts(self, value: Any) -> bool:
+        if type(value) in _JSON_TYPES:  # plain data (never a model or a dataclass)
+            return _is_plain_json(value)
         if _is_model(value):
             return True
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return True
-        return _is_plain_json(value)
+        return dataclasses.is_dataclass(value) and not isinstance(value, type)
 
     def encode(self, value: Any) -> Encoded:
         try:
+            if type(value) in _JSON_TYPES:  # plain data (never a model or a dataclass)
+                return Encoded(_PLAIN, [_dump_plain(value)])
             if _is_model(value):
                 data = value.model_dump_json().encode()
                 if not _same(value, _revive(type(value), data)):
@@ -193,17 +252,13 @@ class JsonCodec:
                 if not _same(value, _revive(type(value), data)):
                     raise _not_exact(value)
                 return Encoded(_ref("dataclass", type(value)), [data])
-            try:
-                raw = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate in a str: escape it as \udXXX
-                raw = json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode()
+            return Encoded(_PLAIN, [_dump_plain(value)])
         except SerializationError:
             raise
         except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(f"cannot encode {type_name(value)} as JSON: {exc}") from None
         except Exception as exc:  # pydantic's PydanticSerializationError and friends
             raise SerializationError(f"cannot encode {type_name(value)} as JSON: {exc}") from None
-        return Encoded(_PLAIN, [raw])
 
     def decode(self, parts: Sequence[memoryview], schema: str | None, want: Any = None) -> Any:
         data = b"".join(parts) if len(parts) != 1 else parts[0]
@@ -216,5 +271,5 @@ class JsonCodec:
                     f"{exc}"
                 ) from None
         if schema in (None, _PLAIN):
-            return json.loads(str(data, "utf-8"))
+            return _load_plain(str(data, "utf-8"))
         return _revive(_resolve(schema, self.import_modules), bytes(data))

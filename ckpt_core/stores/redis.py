@@ -9,8 +9,9 @@ URLs are redis-py's, plus three ckpt options in the query string::
 Layout. Each record lives at ``<prefix>:<key>`` (``prefix`` defaults to ``ckpt``):
 
 - A record of at most ``chunk_size`` bytes is a plain string written by *one* command,
-  ``SET key value [PX ttl] GET``, and read by one ``GET``: a small save or load is one round trip,
-  and the TTL is part of the write itself.
+  ``SET key value [PX ttl] GET``, and read by one ``GET`` (a lookup of several keys, RUN scope
+  then CORRELATION, pipelines one ``GET`` per key): a small save or load is one round trip, and
+  the TTL is part of the write itself.
 - A larger record is written as chunks ``<prefix>:<key>\\0<gen>\\0<i>`` under a fresh generation
   id, each staged with a short safety TTL, and then published by one ``MULTI``/``EXEC`` that
   replaces the record key with a small hash manifest ``{gen, n, size}`` and gives every chunk the
@@ -25,8 +26,9 @@ visible. ``delete_prefix`` and ``list`` use ``SCAN MATCH`` with the store prefix
 glob-escaped, so deleting run ``a`` never matches run ``a*`` or ``a:b``.
 
 Sync and async share one copy of the logic: each operation is a generator *plan* that yields
-batches of redis-py commands and receives their results; :meth:`RedisStore._run` drives it with a
-``redis.Redis`` client and :meth:`RedisStore._arun` with a ``redis.asyncio.Redis`` one. Each store
+batches of raw Redis commands and receives their results; :meth:`RedisStore._run` drives it on
+the sync pool's connections (one packed write per batch, ``MULTI``/``EXEC`` through redis-py's
+pipeline) and :meth:`RedisStore._arun` with a ``redis.asyncio.Redis`` client. Each store
 holds one connection pool per flavour (the async one per event loop), never a client per call.
 Connection errors are retried by redis-py with a short exponential backoff, then reported as
 :class:`~ckpt_core.errors.StoreUnavailable`; refused authentication and bad databases are
@@ -40,8 +42,8 @@ import builtins
 import contextlib
 import uuid
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -72,13 +74,8 @@ DEFAULT_CHUNK_SIZE = 4 << 20
 #: Staged chunks expire after this long unless a manifest publishes them first, so a writer
 #: killed mid-upload leaks nothing for long.
 STAGING_TTL_MS = 15 * 60 * 1000
-#: Chunk bytes sent per round trip by a chunked put: two default chunks, so the server stores
-#: one while the next is on the wire (64 acknowledged 4 MiB SETs took 0.12 s, pairs 0.087 s,
-#: one 256 MiB SET 0.165 s). Bounds the memory a put holds beyond its record.
-PIPELINE_BYTES = 8 << 20
-#: Chunk bytes received per round trip by a chunked get (each reply is parsed into a copy
-#: before it is copied into the record, so this bounds the memory a get holds beyond it).
-READ_PIPELINE_BYTES = 4 << 20
+#: Chunk bytes sent or received per round trip (bounds the memory of a chunked put/get).
+PIPELINE_BYTES = 4 << 20
 #: Attempts of a chunked write whose staged chunks a concurrent delete removed.
 _PUBLISH_ATTEMPTS = 10
 #: How often a reader restarts from the manifest when overwrites keep replacing the chunks.
@@ -95,21 +92,27 @@ _OWN_QUERY_OPTIONS = ("prefix", "ttl", "chunk_size")
 # -- commands and plans (pure: no IO) ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Cmd:
-    """One redis-py client method call: ``getattr(client, name)(*args, **kwargs)``."""
+class _Cmd(NamedTuple):
+    """One Redis command as it goes on the wire (``("SET", key, value, "PX", 5000, "GET")``),
+    with the options redis-py's reply parsing takes (``{"get": True}``: the reply of
+    ``SET ... GET`` is the old value, not ``OK``). Raw commands rather than redis-py method
+    calls, so the sync driver can send them without building a ``Pipeline`` per operation."""
 
-    name: str
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    args: tuple[Any, ...]
+    options: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class _Batch:
+def _cmd(*args: Any, **options: Any) -> _Cmd:
+    return _Cmd(args, options)
+
+
+class _Batch(NamedTuple):
     """Commands sent in one round trip; ``transaction`` wraps them in ``MULTI``/``EXEC``.
 
     The results come back as a list, one per command, with Redis error replies (``WRONGTYPE``...)
-    as exception instances rather than raised, so a plan can look at them.
+    as exception instances rather than raised, so a plan can look at them. (Named tuples, like
+    :class:`_Cmd`: every save and load builds them, and a frozen dataclass costs several times
+    as much to build.)
     """
 
     commands: tuple[_Cmd, ...]
@@ -117,6 +120,37 @@ class _Batch:
 
 
 _Plan = Generator[_Batch, list[Any], T]
+
+
+#: Batches whose arguments add up to at most this many bytes are packed by :func:`_pack_small`;
+#: larger ones (chunks) go to redis-py's packer, which sends large values without copying them.
+_SMALL_BATCH = 16 << 10
+
+
+def _pack_small(commands: Sequence[_Cmd]) -> bytes | None:
+    """The wire form of a small batch as one ``bytes``, or ``None`` for redis-py's packer (a
+    large batch, or an argument that is not ``bytes``, an ASCII ``str`` or an ``int``).
+
+    A request is an array of bulk strings, the same in RESP2 and RESP3; redis-py's general
+    packer costs about a microsecond per command more, a few percent of a small save or load.
+    """
+    out: list[bytes] = []
+    size = 0
+    for args, _options in commands:
+        out.append(b"*%d\r\n" % len(args))
+        for arg in args:
+            kind = type(arg)
+            if kind is str and arg.isascii():
+                arg = arg.encode()
+            elif kind is int:
+                arg = b"%d" % arg
+            elif kind is not bytes:
+                return None
+            size += len(arg)
+            if size > _SMALL_BATCH:
+                return None
+            out.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+    return b"".join(out)
 
 
 def _aborted(batch: _Batch, exc: redis.ResponseError) -> list[Any]:
@@ -143,6 +177,14 @@ def _stored_size(length: Any, manifest_size: Any) -> int:
 
 def _is_wrongtype(result: Any) -> bool:
     return isinstance(result, redis.ResponseError) and str(result).startswith("WRONGTYPE")
+
+
+def _first_found(replies: Sequence[Any]) -> int | None:
+    """The index of the first reply that is not nil (a key that exists), or ``None``."""
+    for index, reply in enumerate(replies):
+        if reply is not None:
+            return index
+    return None
 
 
 def _ok(result: Any) -> Any:
@@ -250,6 +292,8 @@ class RedisStore(Store):
         self._ns = (self.prefix + ":").encode() if self.prefix else b""
         self.ttl = self._check_ttl(own.get("ttl") if ttl is None else ttl)
         self._ttl_ms = None if self.ttl is None else max(1, round(self.ttl * 1000))
+        #: ``PX <ms>`` for every record write, or nothing.
+        self._ttl_args: tuple[Any, ...] = () if self._ttl_ms is None else ("PX", self._ttl_ms)
         self.chunk_size = self._check_chunk_size(
             own.get("chunk_size") if chunk_size is None else chunk_size
         )
@@ -263,6 +307,9 @@ class RedisStore(Store):
         except (TypeError, ValueError) as exc:
             raise StoreConfigError(f"bad Redis URL or options for {self.url}: {exc}") from None
         self._client: Any = redis.Redis(connection_pool=self._pool)
+        #: The client's reply parsers by command name (what its ``parse_response`` applies), as
+        #: a plain dict: its own case-insensitive one upper-cases the name on every lookup.
+        self._callbacks: dict[str, Any] = dict(self._client.response_callbacks)
         self._aclients: dict[asyncio.AbstractEventLoop, Any] = {}
 
     @classmethod
@@ -375,21 +422,21 @@ class RedisStore(Store):
     # -- plans ---------------------------------------------------------------------------------
     def _put_plan(self, key: str, data: Data) -> _Plan[None]:
         rkey = self._rkey(key)
-        ttl = {"px": self._ttl_ms} if self._ttl_ms else {}
+        ttl = self._ttl_args
         if data_size(data) <= self.chunk_size:
             value = join_chunks(data)
             # One command: the write, its TTL, and the old value so a replaced chunked record's
             # chunks can be dropped. SET ... GET refuses to replace a hash (WRONGTYPE).
-            (old,) = yield _Batch((_Cmd("set", (rkey, value), {**ttl, "get": True}),))
+            (old,) = yield _Batch((_cmd("SET", rkey, value, *ttl, "GET", get=True),))
             if not _is_wrongtype(old):
                 _ok(old)
                 return
             replaced = yield _Batch(
                 (
                     self._expire_old_chunks(rkey),
-                    _Cmd("hgetall", (rkey,)),
-                    _Cmd("delete", (rkey,)),
-                    _Cmd("set", (rkey, value), ttl),
+                    _cmd("HGETALL", rkey),
+                    _cmd("DEL", rkey),
+                    _cmd("SET", rkey, value, *ttl),
                 ),
                 transaction=True,
             )
@@ -423,7 +470,7 @@ class RedisStore(Store):
             if not staging.published and staging.count:
                 keys = [self._chunk_key(rkey, staging.gen, i) for i in range(staging.count)]
                 for start in range(0, len(keys), _SCAN_COUNT):
-                    yield _Batch((_Cmd("unlink", tuple(keys[start : start + _SCAN_COUNT])),))
+                    yield _Batch((_cmd("UNLINK", *keys[start : start + _SCAN_COUNT]),))
             raise
 
     def _stage_and_publish(
@@ -437,7 +484,7 @@ class RedisStore(Store):
         count = written = 0
         for piece in _chunks(data, self.chunk_size):
             staged.append(
-                _Cmd("set", (self._chunk_key(rkey, gen, count), piece), {"px": STAGING_TTL_MS})
+                _cmd("SET", self._chunk_key(rkey, gen, count), piece, "PX", STAGING_TTL_MS)
             )
             count += 1
             staging.count = count
@@ -449,19 +496,18 @@ class RedisStore(Store):
         if staged:
             for result in (yield _Batch(tuple(staged))):
                 _ok(result)
-        manifest = {b"gen": gen, b"n": count, b"size": written}
         commit = [
             self._expire_old_chunks(rkey),
-            _Cmd("hgetall", (rkey,)),
-            _Cmd("delete", (rkey,)),
-            _Cmd("hset", (rkey,), {"mapping": manifest}),
+            _cmd("HGETALL", rkey),
+            _cmd("DEL", rkey),
+            _cmd("HSET", rkey, b"gen", gen, b"n", count, b"size", written),
         ]
         if self._ttl_ms:
-            commit.append(_Cmd("pexpire", (rkey, self._ttl_ms)))
+            commit.append(_cmd("PEXPIRE", rkey, self._ttl_ms))
         for i in range(count):
             ck = self._chunk_key(rkey, gen, i)
             commit.append(
-                _Cmd("pexpire", (ck, self._ttl_ms)) if self._ttl_ms else _Cmd("persist", (ck,))
+                _cmd("PEXPIRE", ck, self._ttl_ms) if self._ttl_ms else _cmd("PERSIST", ck)
             )
         results = yield _Batch(tuple(commit), transaction=True)
         staging.published = not isinstance(results[3], BaseException)
@@ -472,14 +518,14 @@ class RedisStore(Store):
         if count and not all(results[-count:]):
             # A chunk was gone before the manifest went in: a concurrent delete_prefix, an
             # upload slower than the staging TTL, or eviction under maxmemory.
-            (_,) = yield _Batch((_Cmd("eval", (_DELETE_IF_GEN, 1, rkey, gen)),))
+            (_,) = yield _Batch((_cmd("EVAL", _DELETE_IF_GEN, 1, rkey, gen),))
             yield from self._drop_chunks(rkey, _Manifest(gen, count, written), None)
             return False
         return True
 
     @staticmethod
     def _expire_old_chunks(rkey: bytes) -> _Cmd:
-        return _Cmd("eval", (_EXPIRE_OLD_CHUNKS, 1, rkey, STAGING_TTL_MS, _SEP))
+        return _cmd("EVAL", _EXPIRE_OLD_CHUNKS, 1, rkey, STAGING_TTL_MS, _SEP)
 
     def _drop_chunks(
         self, rkey: bytes, manifest: _Manifest | None, keep_gen: bytes | None
@@ -488,7 +534,7 @@ class RedisStore(Store):
             return
         keys = self._chunk_keys(rkey, manifest)
         for start in range(0, len(keys), _SCAN_COUNT):
-            (result,) = yield _Batch((_Cmd("unlink", tuple(keys[start : start + _SCAN_COUNT])),))
+            (result,) = yield _Batch((_cmd("UNLINK", *keys[start : start + _SCAN_COUNT]),))
             _ok(result)
 
     def _get_plan(self, key: str, first: Any = None, *, have_first: bool = False) -> _Plan[Any]:
@@ -497,7 +543,7 @@ class RedisStore(Store):
             if have_first:
                 result, have_first = first, False
             else:
-                (result,) = yield _Batch((_Cmd("get", (rkey,)),))
+                (result,) = yield _Batch((_cmd("GET", rkey),))
             if result is None:
                 return None
             if not _is_wrongtype(result):
@@ -518,9 +564,9 @@ class RedisStore(Store):
         10 GB over a few small chunks, or a billion chunks that do not exist, costs a round trip
         and an error, never a 10 GB buffer. Reading then takes one buffer of the record's size.
         """
-        (raw,) = yield _Batch((_Cmd("hgetall", (rkey,)),))
+        (raw,) = yield _Batch((_cmd("HGETALL", rkey),))
         if _is_wrongtype(raw):
-            (kind,) = yield _Batch((_Cmd("type", (rkey,)),))
+            (kind,) = yield _Batch((_cmd("TYPE", rkey),))
             kind = _ok(kind)
             kind = kind.decode() if isinstance(kind, bytes) else str(kind)
             # "hash": replaced by a small record and then by a new chunked one since our GET.
@@ -538,7 +584,7 @@ class RedisStore(Store):
         for start in range(0, manifest.n, _SCAN_COUNT):
             indexes = range(start, min(manifest.n, start + _SCAN_COUNT))
             lengths = yield _Batch(
-                tuple(_Cmd("strlen", (self._chunk_key(rkey, manifest.gen, i),)) for i in indexes)
+                tuple(_cmd("STRLEN", self._chunk_key(rkey, manifest.gen, i)) for i in indexes)
             )
             if any(_is_wrongtype(n) or not _ok(n) for n in lengths):  # chunks are never empty
                 return (yield from self._chunks_gone(rkey, manifest))
@@ -549,10 +595,10 @@ class RedisStore(Store):
             raise self._size_mismatch(rkey, manifest, f"at least {total}" if total else "0")
         buf = bytearray(manifest.size)
         offset = 0
-        per_batch = max(1, READ_PIPELINE_BYTES // max(1, manifest.size // manifest.n))
+        per_batch = max(1, PIPELINE_BYTES // max(1, manifest.size // manifest.n))
         for start in range(0, manifest.n, per_batch):
             indexes = range(start, min(manifest.n, start + per_batch))
-            batch = tuple(_Cmd("get", (self._chunk_key(rkey, manifest.gen, i),)) for i in indexes)
+            batch = tuple(_cmd("GET", self._chunk_key(rkey, manifest.gen, i)) for i in indexes)
             for piece in (yield _Batch(batch)):
                 if piece is None or _is_wrongtype(piece):
                     return (yield from self._chunks_gone(rkey, manifest))
@@ -569,7 +615,7 @@ class RedisStore(Store):
     def _chunks_gone(self, rkey: bytes, manifest: _Manifest) -> _Plan[Any]:
         """Chunks went away under a reader: overwritten (``_RETRY`` from the new manifest), or
         lost (expired, evicted, deleted): the record is gone (``None``)."""
-        (again,) = yield _Batch((_Cmd("hgetall", (rkey,)),))
+        (again,) = yield _Batch((_cmd("HGETALL", rkey),))
         current = None if _is_wrongtype(again) else self._manifest(_ok(again), rkey)
         if _is_wrongtype(again) or (current is not None and current != manifest):
             return _RETRY
@@ -584,24 +630,28 @@ class RedisStore(Store):
         )
 
     def _get_first_plan(self, keys: Sequence[str]) -> _Plan[tuple[str, Buffer] | None]:
+        """The first of ``keys`` holding a record, in one round trip unless it is chunked.
+
+        One ``GET`` per remaining candidate, pipelined: a plain record comes back whole, a
+        chunked one (a hash) answers ``WRONGTYPE`` and is read from its manifest. Plain ``GET``s
+        cost the server a fraction of a Lua script doing the same, and the client a fraction of
+        parsing its reply; the price is that a hit on an early key also brings the later keys'
+        small records along (at most one chunk each; the manager asks for two keys, and a node
+        saved in both scopes is rare)."""
         rkeys = [self._rkey(k) for k in keys]
-        if not rkeys:
-            return None
         start = 0
         while start < len(rkeys):
-            # One command for every remaining candidate; only a chunked hit needs more.
-            (found,) = yield _Batch(
-                (_Cmd("eval", (_GET_FIRST, len(rkeys) - start, *rkeys[start:])),)
-            )
+            replies = yield _Batch(tuple([_cmd("GET", rkey) for rkey in rkeys[start:]]))
+            found = _first_found(replies)
             if found is None:
                 return None
-            index = start + int(_ok(found)[0]) - 1
-            if len(found) == 2:
-                return keys[index], found[1]
-            value = yield from self._get_plan(keys[index])  # a chunked record: read its parts
+            index, reply = start + found, replies[found]
+            if not _is_wrongtype(reply):
+                return keys[index], _ok(reply)
+            value = yield from self._get_plan(keys[index], reply, have_first=True)
             if value is not None:
                 return keys[index], value
-            start = index + 1  # it vanished meanwhile: go on with the next candidate
+            start = index + 1  # it vanished meanwhile: go on with the next candidates
         return None
 
     def _head_plan(self, key: str) -> _Plan[ObjectInfo | None]:
@@ -609,7 +659,7 @@ class RedisStore(Store):
         # A plain pipeline, as in list: a server out of memory refuses every MULTI, and a
         # lookup must keep working there (a record replaced meanwhile reports size 0).
         exists, length, size = yield _Batch(
-            (_Cmd("exists", (rkey,)), _Cmd("strlen", (rkey,)), _Cmd("hget", (rkey, b"size")))
+            (_cmd("EXISTS", rkey), _cmd("STRLEN", rkey), _cmd("HGET", rkey, b"size"))
         )
         if not _ok(exists):
             return None
@@ -618,15 +668,13 @@ class RedisStore(Store):
     def _delete_plan(self, key: str) -> _Plan[None]:
         rkey = self._rkey(key)
         expired, raw, deleted = yield _Batch(
-            (self._expire_old_chunks(rkey), _Cmd("hgetall", (rkey,)), _Cmd("delete", (rkey,))),
+            (self._expire_old_chunks(rkey), _cmd("HGETALL", rkey), _cmd("DEL", rkey)),
             transaction=True,
         )
         if isinstance(expired, redis.exceptions.OutOfMemoryError):
             # A server out of memory refuses every MULTI, and deleting old checkpoints is how
             # one gets out of that state: the same delete as one script, which it does run.
-            (fields,) = yield _Batch(
-                (_Cmd("eval", (_DELETE_RECORD, 1, rkey, STAGING_TTL_MS, _SEP)),)
-            )
+            (fields,) = yield _Batch((_cmd("EVAL", _DELETE_RECORD, 1, rkey, STAGING_TTL_MS, _SEP),))
             fields = _ok(fields) or []
             expired = deleted = 0
             raw = dict(zip(fields[::2], fields[1::2], strict=True))
@@ -641,9 +689,7 @@ class RedisStore(Store):
         found: dict[bytes, None] = {}
         cursor: Any = 0
         while True:
-            (reply,) = yield _Batch(
-                (_Cmd("scan", (cursor,), {"match": pattern, "count": _SCAN_COUNT}),)
-            )
+            (reply,) = yield _Batch((_cmd("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT),))
             cursor, page = _ok(reply)
             found.update(dict.fromkeys(page))
             if int(cursor) == 0:
@@ -653,7 +699,7 @@ class RedisStore(Store):
         rkeys = yield from self._scan_plan(prefix)
         records = sum(1 for rk in rkeys if _SEP not in rk[len(self._ns) :])
         for start in range(0, len(rkeys), _SCAN_COUNT):
-            (result,) = yield _Batch((_Cmd("unlink", tuple(rkeys[start : start + _SCAN_COUNT])),))
+            (result,) = yield _Batch((_cmd("UNLINK", *rkeys[start : start + _SCAN_COUNT]),))
             _ok(result)
         return records
 
@@ -665,7 +711,7 @@ class RedisStore(Store):
         for start in range(0, len(rkeys), _SCAN_COUNT):
             page = rkeys[start : start + _SCAN_COUNT]
             # One script per page returns every size: one command, not three per key.
-            (sizes,) = yield _Batch((_Cmd("eval", (_SIZES, len(page), *page)),))
+            (sizes,) = yield _Batch((_cmd("EVAL", _SIZES, len(page), *page),))
             for rk, size in zip(page, _ok(sizes), strict=True):
                 if size >= 0:  # -1: deleted since the scan
                     out.append(ObjectInfo(self._key(rk), size))
@@ -673,7 +719,7 @@ class RedisStore(Store):
 
     # -- drivers -------------------------------------------------------------------------------
     def _run(self, plan: _Plan[T], action: str, key: str) -> T:
-        with self._errors(action, key):
+        try:
             results: list[Any] | None = None
             while True:
                 try:
@@ -681,25 +727,66 @@ class RedisStore(Store):
                 except StopIteration as done:
                     return done.value  # type: ignore[no-any-return]
                 results = self._execute(batch)
+        except Exception as exc:
+            translated = self._translate(exc, action, key)
+            if translated is None:
+                raise
+            raise translated from None
 
     def _execute(self, batch: _Batch) -> list[Any]:
-        client = self._client
-        if len(batch.commands) == 1 and not batch.transaction:
-            cmd = batch.commands[0]
-            try:
-                return [getattr(client, cmd.name)(*cmd.args, **cmd.kwargs)]
-            except redis.ResponseError as exc:
-                return [exc]
-        with client.pipeline(transaction=batch.transaction) as pipe:
-            for cmd in batch.commands:
-                getattr(pipe, cmd.name)(*cmd.args, **cmd.kwargs)
+        if not batch.transaction:
+            return self._pipelined(batch.commands)
+        with self._client.pipeline(transaction=True) as pipe:
+            for args, options in batch.commands:
+                pipe.execute_command(*args, **options)
             try:
                 return list(pipe.execute(raise_on_error=False))
             except redis.ResponseError as exc:
                 return _aborted(batch, exc)
 
+    def _pipelined(self, commands: Sequence[_Cmd]) -> list[Any]:
+        """Send ``commands`` in one write on a pooled connection and read every reply.
+
+        What redis-py's non-transactional ``Pipeline`` does (and ``execute_command`` for one
+        command): one packed write, each reply read and parsed by the client's reply callbacks,
+        error replies returned in place, connection errors retried by the pool's ``Retry`` after
+        a disconnect. Without the ``Pipeline`` object, the method-call layer and their
+        bookkeeping: several microseconds of client CPU per round trip, which is a sizeable part
+        of a 1 KiB save or load. A connection goes back to the pool only after every reply was
+        read (or disconnected)."""
+        pool = self._pool
+        conn = pool.get_connection()
+        try:
+            return conn.retry.call_with_retry(  # type: ignore[no-any-return]
+                lambda: self._exchange(conn, commands), lambda _error: conn.disconnect()
+            )
+        finally:
+            pool.release(conn)
+
+    def _exchange(self, conn: Any, commands: Sequence[_Cmd]) -> list[Any]:
+        packed = _pack_small(commands)
+        if packed is not None:
+            conn.send_packed_command([packed])
+        else:
+            conn.send_packed_command(conn.pack_commands([args for args, _ in commands]))
+        callbacks = self._callbacks
+        results: list[Any] = []
+        try:
+            for args, options in commands:
+                try:
+                    reply = conn.read_response()
+                except redis.ResponseError as exc:
+                    results.append(exc)
+                    continue
+                parse = callbacks.get(args[0])
+                results.append(reply if parse is None else parse(reply, **options))
+        except BaseException:
+            conn.disconnect()  # replies left unread: never hand the connection back as it is
+            raise
+        return results
+
     async def _arun(self, plan: _Plan[T], action: str, key: str) -> T:
-        with self._errors(action, key):
+        try:
             client = self._async_client()
             results: list[Any] | None = None
             while True:
@@ -708,18 +795,23 @@ class RedisStore(Store):
                 except StopIteration as done:
                     return done.value  # type: ignore[no-any-return]
                 results = await self._aexecute(client, batch)
+        except Exception as exc:
+            translated = self._translate(exc, action, key)
+            if translated is None:
+                raise
+            raise translated from None
 
     @staticmethod
     async def _aexecute(client: Any, batch: _Batch) -> list[Any]:
         if len(batch.commands) == 1 and not batch.transaction:
-            cmd = batch.commands[0]
+            args, options = batch.commands[0]
             try:
-                return [await getattr(client, cmd.name)(*cmd.args, **cmd.kwargs)]
+                return [await client.execute_command(*args, **options)]
             except redis.ResponseError as exc:
                 return [exc]
         async with client.pipeline(transaction=batch.transaction) as pipe:
-            for cmd in batch.commands:
-                getattr(pipe, cmd.name)(*cmd.args, **cmd.kwargs)
+            for args, options in batch.commands:
+                pipe.execute_command(*args, **options)
             try:
                 return list(await pipe.execute(raise_on_error=False))
             except redis.ResponseError as exc:
@@ -729,58 +821,57 @@ class RedisStore(Store):
     def _scrub(self, text: str) -> str:
         return redact_text(text, self._secrets)
 
-    @contextlib.contextmanager
-    def _errors(self, action: str, key: str) -> Iterator[None]:
-        """The one place Redis exceptions become ckpt errors (messages never hold secrets)."""
-        try:
-            yield
-        except CheckpointError:
-            raise
-        except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
-            raise StoreConfigError(
+    def _translate(self, exc: Exception, action: str, key: str) -> CheckpointError | None:
+        """The one place Redis exceptions become ckpt errors (messages never hold secrets);
+        ``None`` for an exception that is not a Redis one (or already a ckpt error)."""
+        if isinstance(exc, CheckpointError):
+            return None
+        if isinstance(exc, (redis.AuthenticationError, redis.exceptions.AuthorizationError)):
+            return StoreConfigError(
                 f"{action} {key!r}: Redis at {self.url} refused authentication "
                 f"({self._scrub(str(exc))}). Check the username and password in the URL"
-            ) from None
-        except redis.exceptions.NoPermissionError as exc:
-            raise StoreConfigError(
+            )
+        if isinstance(exc, redis.exceptions.NoPermissionError):
+            return StoreConfigError(
                 f"{action} {key!r}: Redis at {self.url} denied the command "
                 f"({self._scrub(str(exc))}). The ACL user needs GET, SET, HSET, HGETALL, DEL, "
                 "UNLINK, EXISTS, STRLEN, HGET, PEXPIRE, PERSIST, SCAN, EVAL, MULTI and EXEC on "
                 f"keys matching {self.prefix}:*"
-            ) from None
-        except redis.exceptions.ReadOnlyError as exc:
-            raise StoreConfigError(
+            )
+        if isinstance(exc, redis.exceptions.ReadOnlyError):
+            return StoreConfigError(
                 f"{action} {key!r}: Redis at {self.url} is a read-only replica "
                 f"({self._scrub(str(exc))}); point ckpt at the primary"
-            ) from None
-        except redis.exceptions.OutOfMemoryError:
-            raise StoreUnavailable(
+            )
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):
+            return StoreUnavailable(
                 f"{action} {key!r}: Redis at {self.url} is out of memory (used memory is above "
                 "its maxmemory and it evicts nothing), so it refuses writes; nothing partial was "
                 "left and earlier checkpoints are intact. Raise maxmemory, set a ttl on the "
                 "store, or delete old checkpoints (ckpt gc / ckpt rm), then retry"
-            ) from None
-        except redis.ResponseError as exc:
+            )
+        if isinstance(exc, redis.ResponseError):
             text = self._scrub(str(exc))
             if "DB index" in text or "invalid DB" in text or "NOAUTH" in text:
-                raise StoreConfigError(
+                return StoreConfigError(
                     f"{action} {key!r}: Redis at {self.url} rejected the connection settings "
                     f"({text}); check the database number and password in the URL"
-                ) from None
-            raise StoreUnavailable(
+                )
+            return StoreUnavailable(
                 f"{action} {key!r} on {self.url} failed: Redis replied with an error: {text}"
-            ) from None
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            raise StoreUnavailable(
+            )
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
+            return StoreUnavailable(
                 f"{action} {key!r}: Redis at {self.url} is unavailable after {RETRIES + 1} "
                 f"attempts ({type(exc).__name__}: {self._scrub(str(exc))}). Check that the "
                 "server is running and reachable; checkpoints already written are not affected"
-            ) from None
-        except redis.RedisError as exc:
-            raise StoreUnavailable(
+            )
+        if isinstance(exc, redis.RedisError):
+            return StoreUnavailable(
                 f"{action} {key!r} on {self.url} failed: {type(exc).__name__}: "
                 f"{self._scrub(str(exc))}"
-            ) from None
+            )
+        return None
 
     # -- sync primitives -----------------------------------------------------------------------
     def put(self, key: str, data: Data) -> None:
@@ -872,12 +963,10 @@ class _RedisLeases(LeaseBackend):
     def _acquire_plan(self, name: str, record: bytes, ttl: float) -> _Plan[Claim | Held]:
         lkey, ms = self._lkey(name), max(1, round(ttl * 1000))
         for _ in range(8):
-            (taken,) = yield _Batch((_Cmd("set", (lkey, record), {"nx": True, "px": ms}),))
+            (taken,) = yield _Batch((_cmd("SET", lkey, record, "PX", ms, "NX"),))
             if _ok(taken):
                 return Claim(name, record)
-            current, left = yield _Batch(
-                (_Cmd("get", (lkey,)), _Cmd("pttl", (lkey,))), transaction=True
-            )
+            current, left = yield _Batch((_cmd("GET", lkey), _cmd("PTTL", lkey)), transaction=True)
             current, left = _ok(current), _ok(left)
             if current is None:
                 continue  # expired or released since our SET: try again
@@ -892,13 +981,13 @@ class _RedisLeases(LeaseBackend):
     def _renew_plan(self, claim: Claim, ttl: float) -> _Plan[Claim | None]:
         ms = max(1, round(ttl * 1000))
         (renewed,) = yield _Batch(
-            (_Cmd("eval", (_RENEW_IF_OURS, 1, self._lkey(claim.name), claim.token, ms)),)
+            (_cmd("EVAL", _RENEW_IF_OURS, 1, self._lkey(claim.name), claim.token, ms),)
         )
         return claim if _ok(renewed) == 1 else None
 
     def _release_plan(self, claim: Claim) -> _Plan[None]:
         (deleted,) = yield _Batch(
-            (_Cmd("eval", (_DELETE_IF_OURS, 1, self._lkey(claim.name), claim.token)),)
+            (_cmd("EVAL", _DELETE_IF_OURS, 1, self._lkey(claim.name), claim.token),)
         )
         _ok(deleted)
 
@@ -968,20 +1057,6 @@ if redis.call('TYPE', KEYS[1]).ok == 'hash' then
 {_EXPIRE_CHUNKS_LUA}
 end
 return 0
-"""
-
-#: The first of KEYS holding a record, in one round trip: ``{index, value}`` for a plain record,
-#: ``{index}`` for a chunked one (a hash manifest; read separately), nil when none exists.
-_GET_FIRST = """
-for i, key in ipairs(KEYS) do
-  local kind = redis.call('TYPE', key).ok
-  if kind == 'string' then
-    return {i, redis.call('GET', key)}
-  elseif kind ~= 'none' then
-    return {i}
-  end
-end
-return nil
 """
 
 #: The size of each record in KEYS: STRLEN of a plain record, the manifest's size of a chunked one
