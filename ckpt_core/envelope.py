@@ -574,18 +574,28 @@ class _FreshBytes:
 
 
 class _FreshMemory:
-    """Fresh writable memory for a decoded part (a numpy array keeps viewing it): an anonymous
-    mapping for large parts, which the kernel zeroes page by page as the read touches them,
-    instead of a ``bytearray`` that writes every byte once before the read writes it again.
-    (No huge-page advice: it measured no faster here, and where memory is fragmented it makes
-    the kernel compact memory during the faults, which is what makes ``np.empty`` loads swing.)"""
+    """Fresh writable memory for a decoded part (a numpy array keeps viewing it): for a large
+    part, memory the way ``np.empty`` takes it (private anonymous pages, which the kernel zeroes
+    one by one as the read first touches them, with transparent huge pages asked for), instead
+    of a ``bytearray`` that writes every byte once before the read writes it again.
+
+    Private, not :mod:`mmap`'s default ``MAP_SHARED``: shared anonymous memory is shmem, slower
+    to fault in (0.45 s against 0.39 s per GiB here) and never given huge pages.
+    """
 
     __slots__ = ("_buffer",)
 
     def __init__(self, length: int) -> None:
-        self._buffer: mmap.mmap | bytearray = (
-            mmap.mmap(-1, length) if length >= READ_SLICE else bytearray(length)
-        )
+        if length < READ_SLICE:
+            self._buffer: mmap.mmap | bytearray = bytearray(length)
+            return
+        if hasattr(mmap, "MAP_PRIVATE"):  # POSIX
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+            self._buffer = mmap.mmap(-1, length, flags=flags)
+            if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux; numpy asks the same for its arrays
+                self._buffer.madvise(mmap.MADV_HUGEPAGE)
+        else:  # Windows: an anonymous mapping is private already
+            self._buffer = mmap.mmap(-1, length)
 
     def view(self) -> memoryview:
         return memoryview(self._buffer)
