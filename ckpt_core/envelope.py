@@ -49,8 +49,7 @@ import queue
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import blake3
 
@@ -58,6 +57,7 @@ from . import crypto
 from .crypto import EncryptionKey, Keyring
 from .errors import CheckpointCorrupted, EncryptionKeyError
 from .serde.base import Buffer
+from .serde.json import loads_compact
 
 if TYPE_CHECKING:
     from .stores.base import ReadStream
@@ -307,11 +307,11 @@ class Record:
         return b"".join(self)
 
 
-@dataclass(frozen=True)
-class OpenedRecord:
+class OpenedRecord(NamedTuple):
     """A verified record: its header and its payload parts, as views over the loaded bytes (or,
     for an encrypted record, over its decrypted payload; empty when opened with
-    ``decrypt=False``)."""
+    ``decrypt=False``). A named tuple: every load builds one, and a frozen dataclass costs a
+    microsecond of a 25 us local 1 KiB load."""
 
     header: dict[str, Any]
     parts: list[memoryview]
@@ -363,7 +363,7 @@ _NO_PARTS: Any = object()
 
 def _parse_header(raw: memoryview, key: str) -> dict[str, Any]:
     try:
-        header = json.loads(str(raw, "utf-8"))  # str(): no bytes copy, no encoding sniffing
+        header = loads_compact(str(raw, "utf-8"))  # str(): no bytes copy, no encoding sniffing
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError, UnicodeDecodeError and int-digit limits;
         # RecursionError a header of nested brackets.
