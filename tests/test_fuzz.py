@@ -310,6 +310,7 @@ def make_every_local_record_large(monkeypatch: pytest.MonkeyPatch) -> None:
     import ckpt_core.stores.local
 
     monkeypatch.setattr(ckpt_core.stores.local, "_ONE_READ", 16)
+    monkeypatch.setattr(ckpt_core.stores.local, "_FIRST_READ", 16)
     monkeypatch.setattr(envelope, "READ_SLICE", 16)
     probe = ckpt.FsspecStore(tempfile.mkdtemp(prefix="ckpt-probe-"), fsync=False)
     read = probe.read_first(["k"], lambda key, stream: stream)

@@ -156,3 +156,24 @@ def test_a_large_numpy_load_is_writable_memory_of_its_own(mgr: ckpt.CheckpointMa
     assert np.array_equal(second, array)
     del first
     assert np.array_equal(second, array)
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, (64 << 10) - 200, (64 << 10) - 1, 64 << 10, (64 << 10) + 1, MiB - 100, MiB + 1],
+)
+def test_records_around_the_local_read_thresholds_round_trip(
+    mgr: ckpt.CheckpointManager, size: int
+) -> None:
+    """A local lookup reads 64 KiB before it knows the file's size (one read for most records),
+    then falls back to the size: records on either side of each threshold load exactly."""
+    payload = _payload()[:size]
+    mgr.save(CTX, "edge", payload)
+    assert mgr.load(CTX, "edge") == payload
+
+
+def test_a_directory_where_a_record_would_be_is_a_miss(mgr: ckpt.CheckpointManager) -> None:
+    mgr.save(CTX, "kept", b"data")
+    os.makedirs(_record_path(mgr, "kept").rsplit("/", 1)[0] + "/a-directory")
+    with pytest.raises(ckpt.CheckpointNotFound):
+        mgr.load(CTX, "a-directory")

@@ -605,8 +605,13 @@ class FsspecStore(BlockingStore):
     ) -> tuple[str, R] | None:
         if not isinstance(self._files, LocalFiles):
             return super().read_first(keys, read)
-        with self._errors("reading", next(iter(keys), "")):
+        try:  # not ``with self._errors(...)``: this is every local load's path
             return self._files.read_first(keys, read)
+        except Exception as exc:
+            translated = self._translate(exc, "reading", next(iter(keys), ""))
+            if translated is None:
+                raise
+            raise translated from None
 
     def head(self, key: str) -> ObjectInfo | None:
         with self._errors("checking", key):

@@ -94,6 +94,9 @@ def _read_exactly(fd: int, size: int) -> Buffer:
 _DIRECTORY_RACE_ATTEMPTS = 5
 #: Files up to this size are read with one ``os.read`` (one syscall, no zero-filled buffer).
 _ONE_READ = 1 << 20
+#: A lookup reads this much before it knows the file's size: a smaller record is then read
+#: whole by that one call.
+_FIRST_READ = 64 << 10
 
 
 class FileStream:
@@ -228,11 +231,20 @@ class LocalFiles:
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 continue
             try:
+                try:
+                    first = os.read(fd, _FIRST_READ)
+                except IsADirectoryError:
+                    continue  # a directory of records, not a record
+                if len(first) < _FIRST_READ and not os.read(fd, 1):
+                    # The whole file, at end of file: most records are small, and this skips
+                    # the fstat (a short read is confirmed by the empty one, never assumed).
+                    return key, read(key, BufferStream(first))
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):
                     continue
                 if st.st_size <= _ONE_READ:
-                    return key, read(key, BufferStream(_read_exactly(fd, st.st_size)))
+                    stream = FileStream(fd, st.st_size)
+                    return key, read(key, BufferStream(stream.pread(st.st_size, 0)))
                 # The file is never rewritten in place (writes rename a new file over it), so
                 # the open descriptor reads one consistent record however long reading takes.
                 return key, read(key, FileStream(fd, st.st_size))
