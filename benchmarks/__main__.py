@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,9 @@ def _child(name: str, args: argparse.Namespace) -> list[Row]:
     if args.reps:
         cmd += ["--reps", str(args.reps)]
     limit = GROUP_TIMEOUT["quick" if args.quick else "full"]
+    # Write back the previous group's dirty pages (1 GiB records) now, not as kernel work that
+    # lands on this group's first measurements.
+    os.sync()
     try:
         proc = subprocess.run(cmd, timeout=limit, stdout=sys.stderr, stderr=sys.stderr)
         if proc.returncode != 0 or not out.stat().st_size:
