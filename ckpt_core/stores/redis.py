@@ -755,7 +755,7 @@ class RedisStore(Store):
         of a 1 KiB save or load. A connection goes back to the pool only after every reply was
         read (or disconnected)."""
         pool = self._pool
-        conn = pool.get_connection()
+        conn = pool.get_connection()  # no command name: redis-py >= 5.3 (the extra's floor)
         try:
             return conn.retry.call_with_retry(  # type: ignore[no-any-return]
                 lambda: self._exchange(conn, commands), lambda _error: conn.disconnect()
