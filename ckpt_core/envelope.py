@@ -94,6 +94,11 @@ def record_digest(data: Buffer, version: int = VERSION) -> bytes:
     return HASHES[version][1](data).digest()
 
 
+def _checksum(version: int, digest: bytes) -> str:
+    """A record's checksum as shown to people: ``"<digest name>:<hex>"``."""
+    return f"{HASHES[version][0]}:{digest.hex()}"
+
+
 #: Encrypted payloads are sealed in segments of this many plaintext bytes.
 SLICE = 1 << 20
 #: Plain payloads are handed to the store (and hashed) in views of this many bytes: large enough
@@ -279,11 +284,7 @@ class Record:
                 yield piece
         finally:
             raw = digest.digest()  # also stops the hashing thread when a write is abandoned
-        self.checksum = f"{HASH_NAME}:{raw.hex()}"
-        if self._signing_key:
-            yield raw + hmac.new(self._signing_key, self._head + raw, hashlib.sha256).digest()
-        else:
-            yield raw
+        yield self._trailer(raw)
 
     def _small(self) -> Iterator[Buffer]:
         """:meth:`__iter__` for the common small record, a plain payload in one buffer: the same
@@ -296,11 +297,14 @@ class Record:
         yield self._head
         if payload.nbytes:
             yield payload
-        self.checksum = f"{HASH_NAME}:{raw.hex()}"
+        yield self._trailer(raw)
+
+    def _trailer(self, raw: bytes) -> bytes:
+        """The trailer for digest ``raw`` (and its HMAC when signing); sets ``checksum``."""
+        self.checksum = _checksum(VERSION, raw)
         if self._signing_key:
-            yield raw + hmac.new(self._signing_key, self._head + raw, hashlib.sha256).digest()
-        else:
-            yield raw
+            return raw + hmac.new(self._signing_key, self._head + raw, hashlib.sha256).digest()
+        return raw
 
     def to_bytes(self) -> bytes:
         """The whole record as one ``bytes`` (for small records and tests)."""
@@ -422,7 +426,7 @@ def open_record(
         raise _corrupt(key, f"truncated: {len(view)} bytes cannot hold its header and trailer")
     payload = view[payload_start:payload_end]
     digest = record_digest(view[:payload_end], version)
-    checksum = f"{HASHES[version][0]}:{digest.hex()}"
+    checksum = _checksum(version, digest)
     _check_trailer(key, digest, view[payload_end:], view[:payload_start], signed, signing_key)
     header = _parse_header(view[PREFIX_SIZE:payload_start], key)
     encrypted = bool(flags & FLAG_ENCRYPTED)
@@ -536,7 +540,7 @@ def read_record(
     finally:
         raw = digest.digest()
     _check_trailer(key, raw, stream.pread(trailer_size, offset), head, signed, signing_key)
-    return OpenedRecord(header, parts, f"{HASHES[version][0]}:{raw.hex()}", signed, False)
+    return OpenedRecord(header, parts, _checksum(version, raw), signed, False)
 
 
 def _read_into(

@@ -240,18 +240,17 @@ class JsonCodec:
 
     def encode(self, value: Any) -> Encoded:
         try:
-            if type(value) in _JSON_TYPES:  # plain data (never a model or a dataclass)
-                return Encoded(_PLAIN, [_dump_plain(value)])
-            if _is_model(value):
-                data = value.model_dump_json().encode()
-                if not _same(value, _revive(type(value), data)):
-                    raise _not_exact(value)
-                return Encoded(_ref("pydantic", type(value)), [data])
-            if dataclasses.is_dataclass(value) and not isinstance(value, type):
-                data = _adapter(type(value)).dump_json(value)
-                if not _same(value, _revive(type(value), data)):
-                    raise _not_exact(value)
-                return Encoded(_ref("dataclass", type(value)), [data])
+            if type(value) not in _JSON_TYPES:  # plain data is never a model or a dataclass
+                if _is_model(value):
+                    data = value.model_dump_json().encode()
+                    if not _same(value, _revive(type(value), data)):
+                        raise _not_exact(value)
+                    return Encoded(_ref("pydantic", type(value)), [data])
+                if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                    data = _adapter(type(value)).dump_json(value)
+                    if not _same(value, _revive(type(value), data)):
+                        raise _not_exact(value)
+                    return Encoded(_ref("dataclass", type(value)), [data])
             return Encoded(_PLAIN, [_dump_plain(value)])
         except SerializationError:
             raise

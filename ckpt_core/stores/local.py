@@ -243,6 +243,8 @@ class LocalFiles:
                 if not stat.S_ISREG(st.st_mode):
                     continue
                 if st.st_size <= _ONE_READ:
+                    # One positional read of the whole file: reading its first 64 KiB again
+                    # from the page cache costs less than joining them to the rest (a copy).
                     stream = FileStream(fd, st.st_size)
                     return key, read(key, BufferStream(stream.pread(st.st_size, 0)))
                 # The file is never rewritten in place (writes rename a new file over it), so
